@@ -1,0 +1,1 @@
+"""Gymnasium environments that generate training videos (importable as ``seqlvm.envs``)."""
