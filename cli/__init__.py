@@ -1,5 +1,8 @@
-"""The ``seqlvm`` command line (importable as ``seqlvm.cli``)."""
+"""The ``seqlvm`` command line (importable as ``seqlvm.cli``).
 
-from seqlvm.cli.app import app, main
+Importing this package registers every command module with the typer app.
+"""
 
-__all__ = ["app", "main"]
+from seqlvm.cli.app import app, command, main
+
+__all__ = ["app", "command", "main"]

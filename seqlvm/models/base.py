@@ -1,0 +1,120 @@
+"""The model protocol shared by LGSSM, KVAE, SRNN and GTM-SM.
+
+Every model is an ``nn.Module`` built from a ``Config`` dataclass and answers the same questions:
+
+- ``elbo(x, mask=None, u=None) -> ELBO``: the training objective and its named terms;
+- ``filter`` / ``smooth``: posteriors over the latents;
+- ``impute(x, mask, u=None, method="smooth"|"filter") -> Imputation``;
+- ``forecast(x_context, horizon, u_future=None, num_samples=..., generator=None) -> Forecast``;
+- ``sample(num_steps, batch_size=1, u=None, generator=None)``;
+- ``log_likelihood(x, mask=None, u=None, num_samples=K)``: exact where possible, else IWAE.
+
+Shapes are batch first: vectors ``(B, T, D)``, video ``(B, T, C, H, W)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class ELBO(NamedTuple):
+    """A training objective.
+
+    loss:  scalar, the mean over the batch of the per-sequence negative ELBO (for exact models,
+           the negative log-likelihood); the Trainer minimises it.
+    terms: named scalar terms (each a batch mean of a per-sequence quantity, e.g.
+           ``"log_likelihood"``, ``"reconstruction"``, ``"kl"``), logged every step.
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+class Imputation(NamedTuple):
+    """Missing values filled in from the posterior.
+
+    mean:    (B, T, *event) posterior predictive mean of every entry (observed ones included).
+    std:     (B, T, *event) posterior predictive standard deviation, or None for discrete data.
+    probs:   (B, T, *event) Bernoulli probabilities for binary data, else None.
+    samples: (S, B, T, *event) posterior predictive samples, or None when none were asked for.
+    """
+
+    mean: Tensor
+    std: Tensor | None = None
+    probs: Tensor | None = None
+    samples: Tensor | None = None
+
+
+class Forecast(NamedTuple):
+    """A probabilistic forecast of ``horizon`` steps after the context.
+
+    mean:    (B, H, *event) predictive mean.
+    std:     (B, H, *event) predictive standard deviation (marginal per entry), or None.
+    samples: (S, B, H, *event) sample paths, or None when the forecast is exact and none were asked for.
+    probs:   (B, H, *event) Bernoulli probabilities for binary data, else None.
+    """
+
+    mean: Tensor
+    std: Tensor | None = None
+    samples: Tensor | None = None
+    probs: Tensor | None = None
+
+    def quantile(self, q: float | Tensor) -> Tensor:
+        """Predictive quantiles, shape ``q.shape + mean.shape`` (a float q gives ``mean.shape``).
+
+        From the samples when there are any, else from the Gaussian ``N(mean, std^2)``.
+        """
+        q_t = torch.as_tensor(q, dtype=self.mean.dtype, device=self.mean.device)
+        if torch.any((q_t <= 0) | (q_t >= 1)):
+            raise ValueError(f"quantile: q must lie in (0, 1), got {q}")
+        if self.samples is not None:
+            return torch.quantile(self.samples, q_t, dim=0)
+        if self.std is None:
+            raise ValueError("quantile: this forecast has neither samples nor a std")
+        normal = torch.distributions.Normal(0.0, 1.0)
+        z = normal.icdf(q_t).reshape(q_t.shape + (1,) * self.mean.dim())
+        return self.mean + z * self.std
+
+
+class SequenceModel(nn.Module):
+    """Base class of the models: holds the ``Config`` and rebuilds a model from a plain dict.
+
+    Subclasses set ``config_class`` and take the config as their only constructor argument.
+    """
+
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__}: config must be a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: Any) -> "SequenceModel":
+        """Build the model from its ``Config`` or from the plain dict a checkpoint stores."""
+        if isinstance(config, dict):
+            config = config_from_dict(cls.config_class, config)
+        return cls(config)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (what checkpoints store)."""
+        return dataclasses.asdict(self.config)
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys by name."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"{config_class.__name__}: unknown key(s) {unknown}; expected some of {sorted(names)}"
+        )
+    return config_class(**values)
