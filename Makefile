@@ -5,6 +5,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.seqlvm-installed
 TORCH  ?= torch==2.13.0
+# `make bench BENCH_FLAGS=--quick` for a smoke run, `BENCH_FLAGS=--markdown` for RESULTS.md tables.
+BENCH_FLAGS ?=
 
 .PHONY: install demo test bench clean
 
@@ -27,7 +29,7 @@ test: install
 
 bench: install
 	$(PY) -m pip install -q -e ".[dev,bench]"
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache
