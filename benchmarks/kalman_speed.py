@@ -35,10 +35,15 @@ with the loop to 1e-6 relative, and the smoothed means to 1e-6 of their scale; t
 with exit code 1 otherwise, so a fast wrong answer cannot produce a table. float32 rows report
 their log-likelihood error relative to the float64 loop in the ``ll rel err`` column.
 
-Threads: torch runs with ``--threads`` intra-op threads (default 1: with n <= 8 the per-step
-kernels are far too small for a second thread to pay, and 1 thread measured faster here);
-JAX/XLA and statsmodels run with their defaults. Ratio columns are speed-ups: ``dynamax/x`` is
-the dynamax time divided by this row's time (> 1 means this row is faster).
+Threads: every library gets the same ``BENCH_THREADS`` threads (default 1), set before any of
+them is imported: torch (``torch.set_num_threads``, OMP), OpenBLAS/MKL under numpy and
+statsmodels, and XLA (``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``).
+With n <= 8 the kernels are far too small for a second thread to pay, and on a 2-core machine
+an idle thread pool that spin-waits after one library's call (OpenBLAS after statsmodels, OMP
+after torch) was measured to slow the next library's run by up to 30x, which made the table
+depend on the order of its rows. An explicitly set ``OMP_NUM_THREADS``, ``XLA_FLAGS``, ...
+wins over the default. Ratio columns are speed-ups: ``dynamax/x`` is the dynamax time divided
+by this row's time (> 1 means this row is faster).
 
 Usage::
 
@@ -49,17 +54,27 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import math
-import platform
-import sys
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+import os
 
-import numpy as np
-import torch
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+os.environ.setdefault(
+    "XLA_FLAGS",
+    f"--xla_cpu_multi_thread_eigen={str(THREADS > 1).lower()} intra_op_parallelism_threads={THREADS}",
+)
 
-from _timing import FULL, QUICK, Budget, format_table, median_ms
+import argparse  # noqa: E402  (the thread settings above must precede these imports)
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Callable, NamedTuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _timing import FULL, QUICK, Budget, format_table, median_ms  # noqa: E402
 
 Tensor = torch.Tensor
 
@@ -281,10 +296,7 @@ def seqlvm_impls(model: Model, x: Tensor) -> list[Impl]:
 
         def smoother(mod: Model, obs: Tensor, method: str = method) -> Smoothed:
             s = kalman_smoother(LGSSMParams(*mod), obs, method=method)
-            ll = getattr(s, "log_likelihood", None)
-            if ll is None:  # a smoother result without the likelihood: the filter is timed too
-                ll = kalman_filter(LGSSMParams(*mod), obs, method=method).log_likelihood
-            return Smoothed(s.means, ll)
+            return Smoothed(s.means, s.filtered.log_likelihood)  # one call: the filter is inside
 
         def loglik(mod: Model, obs: Tensor, method: str = method) -> Tensor:
             return kalman_filter(LGSSMParams(*mod), obs, method=method).log_likelihood
@@ -476,7 +488,7 @@ def targets(rows: list[Row]) -> list[str]:
 
 def environment() -> str:
     """One line naming the versions and thread settings the numbers were measured with."""
-    parts = [f"python {platform.python_version()}", f"torch {torch.__version__} ({torch.get_num_threads()} thread)"]
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"{THREADS} thread(s) each"]
     for mod in ("jax", "dynamax", "statsmodels"):
         try:
             parts.append(f"{mod} {__import__(mod).__version__}")
@@ -490,11 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--cases", type=int, nargs="+", default=None, help="indices into CASES to run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(THREADS)
     budget = QUICK if args.quick else FULL
     cases = CASES if args.cases is None else [CASES[i] for i in args.cases]
     rows: list[Row] = []
