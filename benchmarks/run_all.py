@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 
 def benchmark_scripts() -> list[Path]:
     """The benchmark scripts in this folder, sorted by name."""
-    return sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+    this = Path(__file__).name
+    return sorted(p for p in HERE.glob("*.py") if p.name != this and not p.name.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:

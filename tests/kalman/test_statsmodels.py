@@ -117,7 +117,8 @@ def observations(case: Case, missing_as: str) -> tuple[torch.Tensor, torch.Tenso
 
 def assert_close(actual: torch.Tensor, expected: np.ndarray, what: str) -> None:
     """``actual`` matches ``expected`` to RTOL, relative to the largest entry of ``expected``."""
-    expected_t = torch.tensor(np.array(expected, dtype=np.float64))  # a copy: oracle arrays may be strided or read-only
+    # np.array copies: statsmodels' arrays may be strided views or read-only.
+    expected_t = torch.tensor(np.array(expected, dtype=np.float64))
     scale = float(expected_t.abs().max())
     torch.testing.assert_close(
         actual.detach(), expected_t, rtol=RTOL, atol=RTOL * scale, msg=lambda m: f"{what}: {m}"
@@ -143,7 +144,8 @@ def test_filter_matches_statsmodels(name: str, missing_as: str, method: str) -> 
     assert_close(f.means[0], res.filtered_state.T, "filtered means")
     assert_close(f.covs[0], res.filtered_state_cov.transpose(2, 0, 1), "filtered covs")
     assert_close(f.pred_means[0], res.predicted_state[:, :-1].T, "predicted means")
-    assert_close(f.pred_covs[0], res.predicted_state_cov[..., :-1].transpose(2, 0, 1), "predicted covs")
+    predicted_covs = res.predicted_state_cov[..., :-1].transpose(2, 0, 1)
+    assert_close(f.pred_covs[0], predicted_covs, "predicted covs")
 
 
 @pytest.mark.parametrize("method", METHODS)
