@@ -8,18 +8,19 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How hard to time one function.
+    """How hard to time a group of functions.
 
     Attributes:
-        repeats: the most timed calls per function.
-        min_repeats: the fewest timed calls, however long they take.
-        seconds: stop adding calls (past ``min_repeats``) once the timed calls add up to this.
-        warmup: untimed calls made first (JIT compilation, allocator warm-up, lazy imports).
+        repeats: the most timed rounds (one call of every function per round).
+        min_repeats: the fewest rounds, however long they take.
+        seconds: stop adding rounds (past ``min_repeats``) once the timed calls add up to this
+            many seconds per function on average.
+        warmup: untimed calls of each function made first (JIT compilation, allocator warm-up).
     """
 
     repeats: int
@@ -32,23 +33,29 @@ QUICK = Budget(repeats=3, min_repeats=1, seconds=1.0)
 FULL = Budget(repeats=21, min_repeats=5, seconds=8.0)
 
 
-def median_ms(fn: Callable[[], object], budget: Budget) -> float:
-    """Median wall-clock time of ``fn()`` in milliseconds.
+def median_ms(fns: Mapping[str, Callable[[], object]], budget: Budget) -> dict[str, float]:
+    """Median wall-clock time in milliseconds of each function in ``fns``, by name.
 
-    ``fn`` must block until its result is ready (call ``jax.block_until_ready`` inside it for JAX);
-    the warm-up calls are not timed, so one-off compilation is excluded.
+    The functions are timed in interleaved rounds (every function once per round) rather than
+    one after the other, so that a burst of load from elsewhere on the machine slows all of
+    them alike and the ratios between them stay meaningful. Each function must block until its
+    result is ready (``jax.block_until_ready`` for JAX); warm-up calls (compilation) are untimed.
     """
-    for _ in range(budget.warmup):
-        fn()
-    times: list[float] = []
+    for fn in fns.values():
+        for _ in range(budget.warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     spent = 0.0
-    while len(times) < budget.repeats and (len(times) < budget.min_repeats or spent < budget.seconds):
-        start = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        spent += elapsed
-    return 1e3 * statistics.median(times)
+    rounds = 0
+    while rounds < budget.repeats and (rounds < budget.min_repeats or spent < budget.seconds * len(fns)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+        rounds += 1
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:

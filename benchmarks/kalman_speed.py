@@ -446,12 +446,13 @@ def run_case(case: tuple[int, int, int, int], budget: Budget, seed: int) -> tupl
             reference_ll = outputs["loop"].log_likelihood
             failures += check_agreement(case, outputs)
         dname = str(dtype).removeprefix("torch.")
-        for impl in impls:
-            ll_err = rel_err(outputs[impl.name].log_likelihood, reference_ll)
-            rows.append(Row(case, dname, "smooth", impl.name, median_ms(impl.smooth, budget), ll_err))
-            if impl.grad is not None:
-                rows.append(Row(case, dname, "grad", impl.name, median_ms(impl.grad, budget), None))
-            print(f"  {case} {dname} {impl.name}: done", file=sys.stderr, flush=True)
+        smooth_ms = median_ms({impl.name: impl.smooth for impl in impls}, budget)
+        for name, ms in smooth_ms.items():
+            ll_err = rel_err(outputs[name].log_likelihood, reference_ll)
+            rows.append(Row(case, dname, "smooth", name, ms, ll_err))
+        grad_ms = median_ms({impl.name: impl.grad for impl in impls if impl.grad is not None}, budget)
+        rows += [Row(case, dname, "grad", name, ms, None) for name, ms in grad_ms.items()]
+        print(f"  {case} {dname}: done", file=sys.stderr, flush=True)
     return rows, failures
 
 
