@@ -4,5 +4,6 @@ Importing this package registers every command module with the typer app.
 """
 
 from seqlvm.cli.app import app, command, main
+from seqlvm.cli import demo  # noqa: F401  (registers the command)
 
 __all__ = ["app", "command", "main"]

@@ -11,7 +11,7 @@ under any gradient step; the properties ``A, B, C, Q, R, m0, P0`` read and assig
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -326,6 +326,7 @@ class LGSSM(SequenceModel):
         num_iters: int = 50,
         learn: Sequence[str] = ("A", "C", "Q", "R", "m0", "P0"),
         tol: float | None = None,
+        callback: Callable[[int, float], None] | None = None,
     ) -> Tensor:
         """Maximum-likelihood fit by EM with closed-form M-steps; returns the log-likelihoods.
 
@@ -334,7 +335,8 @@ class LGSSM(SequenceModel):
         expected completed-data statistics, and every iteration is an exact EM step (the
         likelihood never decreases). ``learn`` names the parameters to update (``"B"`` too when
         there are controls); the rest stay fixed. Stops early when the relative gain of an
-        iteration falls below ``tol``.
+        iteration falls below ``tol``. ``callback(iteration, log_likelihood)`` is called after
+        each iteration (for progress reports).
         Returns (iterations,) total log p(x_obs) (summed over the batch) after each iteration.
         """
         unknown = sorted(set(learn) - set(PARAMETERS))
@@ -355,6 +357,8 @@ class LGSSM(SequenceModel):
             self._m_step(post, x0, observed, u, set(learn))
             post = kalman_smoother(self.params(), x0, observed, u, self.config.method)
             history.append(post.filtered.log_likelihood.sum())
+            if callback is not None:
+                callback(len(history), history[-1].item())
             if tol is not None and len(history) > 1:
                 gain = (history[-1] - history[-2]) / history[-2].abs()
                 if gain < tol:
