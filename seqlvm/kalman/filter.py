@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.linalg import matvec, mvn_logpdf_chol, sym
+from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_chol, sym
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence, linear_recurrence
 
@@ -104,24 +104,22 @@ class Gains(NamedTuple):
     steady_from: int | None
 
 
-def _converged(new: Tensor, old: Tensor) -> bool:
-    """True when two covariances agree to a few units of rounding error."""
-    tol = 8 * torch.finfo(new.dtype).eps
-    return bool((new - old).abs().amax() <= tol * new.abs().amax())
+def _not_positive_definite() -> ValueError:
+    return ValueError(
+        "the innovation covariance C P C^T + R is not positive definite at some step; "
+        "R, Q and P0 must be positive definite"
+    )
 
 
-def _cholesky(S: Tensor, fn: str = "kalman_filter") -> Tensor:
+def _cholesky(S: Tensor) -> Tensor:
     """Factor innovation covariances; they fail only when R (or Q, P0) is not positive definite."""
     L, info = torch.linalg.cholesky_ex(S)
     if bool(info.any()):
-        raise ValueError(
-            f"{fn}: the innovation covariance C P C^T + R is not positive definite at some step; "
-            "R, Q and P0 must be positive definite"
-        )
+        raise _not_positive_definite()
     return L
 
 
-_STEADY_CHECK_EVERY = 4
+STEADY_CHECK_EVERY = 4  # steps between steady-state tests (each costs a device sync)
 
 
 def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
@@ -137,8 +135,8 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         else:
             A = prep.at("A", t)
             P_pred = sym(A @ P @ A.transpose(-1, -2) + prep.at("Q", t))
-            if watch_steady and t % _STEADY_CHECK_EVERY == 0 and t >= 2 * _STEADY_CHECK_EVERY:
-                if _converged(P_pred, pcovs[-1]) and _converged(pcovs[-1], pcovs[-2]):
+            if watch_steady and t % STEADY_CHECK_EVERY == 0 and t >= 2 * STEADY_CHECK_EVERY:
+                if converged(P_pred, pcovs[-1]) and converged(pcovs[-1], pcovs[-2]):
                     steady_from = t
                     break
         C = C_all[:, t] if C_all.shape[1] > 1 else C_all[:, 0]
@@ -152,8 +150,8 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         covs.append(P)
         gains.append((Kt.transpose(-1, -2), L))
         infos.append(info)
-    if bool(torch.stack([i.reshape(-1) for i in infos]).any()):
-        _cholesky(torch.zeros(1, 1, 1).fill_(-1.0))  # raises the message of _cholesky
+    if bool(torch.stack([i.reshape(-1) for i in infos]).any()):  # one sync, after the loop
+        raise _not_positive_definite()
     steps = len(covs)
     parts = [pcovs, covs, [k for k, _ in gains], [c for _, c in gains]]
     stacked = []
