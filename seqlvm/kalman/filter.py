@@ -84,11 +84,6 @@ def kalman_filter(
     return result
 
 
-def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
-    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
-    return _filter(prep, method)
-
-
 class Gains(NamedTuple):
     """The data-independent half of the filter, batch b (1 when shared by the sequences).
 
@@ -231,7 +226,8 @@ def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains
     )
 
 
-def _filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
+def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
+    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
     T, Bt, n = prep.steps, prep.batch, prep.n
     x = prep.x
     C_all, R_all = prep.emission(slice(None))
