@@ -217,13 +217,25 @@ def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains
     chols = _cholesky(CP @ Ct + R)
     gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
     b = max(covs.shape[0], pred_covs.shape[0], gains.shape[0])
-    return Gains(
-        pred_covs.expand(b, *pred_covs.shape[1:]),
-        covs.expand(b, *covs.shape[1:]),
-        gains.expand(b, *gains.shape[1:]),
-        chols.expand(b, *chols.shape[1:]),
-        None,
-    )
+    parts = [v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)]
+    steady_from = _steady_from(pred_covs) if prep.time_invariant and prep.observed is None else None
+    if steady_from is not None:
+        # Hold the steady values exactly: the mean pass then solves that stretch with one gain,
+        # and per-step rounding differences must not enter it (they drift along slow modes).
+        parts = [torch.cat([v[:, :steady_from], v[:, steady_from : steady_from + 1].expand_as(v[:, steady_from:])], 1) for v in parts]
+    return Gains(*parts, steady_from)
+
+
+def _steady_from(pred_covs: Tensor) -> int | None:
+    """The first step from which the predicted covariances stay put to rounding error, or None."""
+    P = pred_covs.detach()
+    if P.shape[1] < 3:
+        return None
+    step = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (T-1,)
+    calm = (step <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
+    calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
+    first = int(torch.argmax(calm_after)) if bool(calm_after.any()) else None
+    return None if first is None else first + 1
 
 
 def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
