@@ -11,6 +11,7 @@ import importlib
 import json
 import multiprocessing as mp
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ import seqlvm.envs
 from seqlvm.data.h5 import SequenceWriter
 from seqlvm.envs.rollout import POLICIES, Episode, action_dim, make_policy, roll_episodes
 
-__all__ = ["POLICIES", "generate_dataset", "resolve_env_id"]
+__all__ = ["POLICIES", "Generation", "generate_dataset", "plan_generation", "resolve_env_id"]
 
 _BLOCK = 50  # episodes per work item: big enough to amortise IPC, small enough for a smooth progress bar
 
@@ -46,6 +47,88 @@ def _roll_block(job: tuple[str, dict[str, Any], str, int, int, int, int]) -> tup
     return job[4], roll_episodes(*job)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """A checked generation request (from :func:`plan_generation`); :meth:`run` rolls and writes it."""
+
+    env_id: str
+    out: Path
+    num_episodes: int
+    num_steps: int
+    seed: int
+    workers: int
+    env_kwargs: dict[str, Any]
+    policy: str
+    obs_shape: tuple[int, ...]
+    action_dim: int
+    state_dim: int
+
+    def run(self, progress: Callable[[int], None] | None = None) -> Path:
+        """Roll every episode into ``out`` (atomically); ``progress(n)`` is called as blocks finish."""
+        jobs = [
+            (self.env_id, self.env_kwargs, self.policy, self.seed, start, min(start + _BLOCK, self.num_episodes), self.num_steps)
+            for start in range(0, self.num_episodes, _BLOCK)
+        ]
+        # The pool forks before the output file is opened, so no child inherits an HDF5 handle.
+        with _pool(min(self.workers, len(jobs))) as pool, SequenceWriter(
+            self.out, self.num_episodes, self.num_steps, self.obs_shape, np.uint8, self.action_dim, self.state_dim,
+            env_id=self.env_id, env_kwargs=self.env_kwargs, seed=self.seed, policy=self.policy,
+        ) as writer:
+            blocks = map(_roll_block, jobs) if pool is None else pool.imap_unordered(_roll_block, jobs)
+            for start, episodes in blocks:
+                writer.write(start, *episodes)
+                if progress is not None:
+                    progress(len(episodes.observations))
+        return self.out
+
+
+def plan_generation(
+    env_id: str,
+    out: str | os.PathLike[str],
+    *,
+    num_episodes: int,
+    num_steps: int,
+    seed: int = 0,
+    workers: int = 1,
+    env_kwargs: dict[str, Any] | None = None,
+    policy: str = "default",
+) -> Generation:
+    """Check every argument of :func:`generate_dataset` (building and resetting one environment)
+    without rolling anything; raises ``ValueError`` naming the argument at fault."""
+    for name, value, low in (
+        ("num_episodes", num_episodes, 1), ("num_steps", num_steps, 1), ("seed", seed, 0), ("workers", workers, 1)
+    ):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}: got {value!r}; expected an integer >= {low}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy: got {policy!r}; expected one of {POLICIES}")
+    env_kwargs = dict(env_kwargs or {})
+    if "render_mode" in env_kwargs:
+        raise ValueError("env_kwargs: 'render_mode' is not stored in data sets; leave it out")
+    try:
+        json.dumps(env_kwargs)
+    except TypeError as err:
+        raise ValueError(f"env_kwargs: {env_kwargs!r} is not JSON-serialisable ({err})") from None
+    name = resolve_env_id(env_id)
+    try:
+        probe = gym.make(name, **env_kwargs)
+    except TypeError as err:
+        raise ValueError(f"env_kwargs: {env_kwargs} rejected by {name!r}: {err}") from None
+    obs, info = probe.reset(seed=0)
+    if "state" not in info:
+        raise ValueError(f"env_id: {name!r} puts no 'state' in its info dict; the generator stores it as /states")
+    obs = np.asarray(obs)
+    if not (obs.dtype == np.uint8 and obs.ndim == 3):
+        raise ValueError(f"env_id: {name!r} observes {obs.dtype} {obs.shape}; expected uint8 (H, W, C) frames")
+    make_policy(probe, policy)
+    generation = Generation(
+        name, Path(out), int(num_episodes), int(num_steps), int(seed), int(workers), env_kwargs, policy,
+        obs.shape, action_dim(probe.action_space), int(np.size(info["state"])),
+    )
+    probe.close()
+    return generation
+
+
 def generate_dataset(
     env_id: str,
     out: str | os.PathLike[str],
@@ -60,62 +143,28 @@ def generate_dataset(
 ) -> Path:
     """Roll ``num_episodes`` episodes of ``num_steps`` observations into the HDF5 file ``out``.
 
-    Writes ``/observations (N, T, *obs_shape)``, ``/actions (N, T, A)`` and ``/states (N, T, S)``
+    Writes ``/observations (N, T, H, W, C)`` uint8, ``/actions (N, T, A)`` and ``/states (N, T, S)``
     (``info["state"]``) with attributes ``env_id``, ``env_kwargs``, ``seed`` and ``policy``; see
     :mod:`seqlvm.data.h5` for the layout and :class:`seqlvm.envs.Episode` for the time alignment.
+    Episode ``i`` is seeded by ``SeedSequence(seed, spawn_key=(i,))``: the file is the same for any
+    number of workers.
 
     Args:
         env_id:      a registered gymnasium id (``"module:id"`` imports ``module`` first).
         out:         destination file, replaced atomically when complete.
         workers:     processes that roll episodes in parallel (1 = in this process).
         env_kwargs:  keyword arguments for ``gymnasium.make``.
-        policy:      ``"default"`` (the env's ``default_policy()``, e.g. no push for the bouncing
-                     balls and the held random walk for image navigation; uniform random if it has
-                     none), ``"zero"`` or ``"random"``.
+        policy:      ``"default"`` (the env's ``default_policy()``: no push for the bouncing balls,
+                     the held random walk for image navigation; uniform random if it has none),
+                     ``"zero"`` or ``"random"``.
         progress:    called with the number of episodes finished since the previous call.
 
-    All arguments are checked (and one environment built and reset) before any episode is rolled.
+    Everything is checked by :func:`plan_generation` before any episode is rolled.
     """
-    for name, value, low in (("num_episodes", num_episodes, 1), ("num_steps", num_steps, 1), ("seed", seed, 0), ("workers", workers, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name}: got {value!r}; expected an integer >= {low}")
-    if policy not in POLICIES:
-        raise ValueError(f"policy: got {policy!r}; expected one of {POLICIES}")
-    env_kwargs = dict(env_kwargs or {})
-    if "render_mode" in env_kwargs:
-        raise ValueError("env_kwargs: 'render_mode' is not stored in data sets; leave it out")
-    name = resolve_env_id(env_id)
-    try:
-        json.dumps(env_kwargs)
-        probe = gym.make(name, **env_kwargs)
-    except TypeError as err:
-        raise ValueError(f"env_kwargs: {env_kwargs} rejected by {name!r}: {err}") from None
-    obs, info = probe.reset(seed=0)
-    if "state" not in info:
-        raise ValueError(f"env_id: {name!r} puts no 'state' in its info dict; the generator stores it as /states")
-    obs_shape, obs_dtype = np.shape(obs), np.asarray(obs).dtype
-    if not (obs_dtype == np.uint8 and len(obs_shape) == 3):
-        raise ValueError(f"env_id: {name!r} observes {obs_dtype} {obs_shape}; expected uint8 (H, W, C) frames")
-    a_dim, s_dim = action_dim(probe.action_space), int(np.size(info["state"]))
-    make_policy(probe, policy)
-    probe.close()
-
-    jobs = [
-        (name, env_kwargs, policy, int(seed), start, min(start + _BLOCK, num_episodes), int(num_steps))
-        for start in range(0, num_episodes, _BLOCK)
-    ]
-    workers = min(workers, len(jobs))
-    # The pool forks before the output file is opened, so no child inherits an HDF5 handle.
-    with _pool(workers) as pool, SequenceWriter(
-        out, num_episodes, num_steps, obs_shape, obs_dtype, a_dim, s_dim,
-        env_id=name, env_kwargs=env_kwargs, seed=int(seed), policy=policy,
-    ) as writer:
-        blocks = map(_roll_block, jobs) if pool is None else pool.imap_unordered(_roll_block, jobs)
-        for start, episodes in blocks:
-            writer.write(start, *episodes)
-            if progress is not None:
-                progress(len(episodes.observations))
-    return Path(out)
+    return plan_generation(
+        env_id, out, num_episodes=num_episodes, num_steps=num_steps, seed=seed, workers=workers,
+        env_kwargs=env_kwargs, policy=policy,
+    ).run(progress)
 
 
 def _pool(workers: int) -> contextlib.AbstractContextManager[Any]:
