@@ -21,12 +21,12 @@ from seqlvm.envs.bouncing_ball import BouncingBallEnv
 from seqlvm.envs.image_navigation import ImageNavigationEnv, load_image, procedural_image
 from seqlvm.envs.physics import SCENES, Paddle, Scene, Wall
 from seqlvm.envs.policies import Policy, RandomPolicy, RandomWalkPolicy, ZeroPolicy
-from seqlvm.envs.rollout import Episode, action_dim, encode_action, rollout
+from seqlvm.envs.rollout import POLICIES, Episode, action_dim, encode_action, episode_seeds, make_policy, roll_episodes, rollout
 
 __all__ = [
     "ENV_IDS", "BouncingBallEnv", "ImageNavigationEnv", "Scene", "Wall", "Paddle", "SCENES",
-    "Policy", "ZeroPolicy", "RandomPolicy", "RandomWalkPolicy", "Episode", "rollout", "action_dim",
-    "encode_action", "procedural_image", "load_image",
+    "Policy", "ZeroPolicy", "RandomPolicy", "RandomWalkPolicy", "POLICIES", "make_policy", "Episode", "rollout",
+    "roll_episodes", "episode_seeds", "action_dim", "encode_action", "procedural_image", "load_image",
 ]
 
 _BOUNCING = "seqlvm.envs.bouncing_ball:BouncingBallEnv"
