@@ -2,15 +2,11 @@
 
 Importing this package registers:
 
-==============================  ==========================================================
-id                              environment
-==============================  ==========================================================
-``seqlvm/BouncingBall-v0``         ball in a square box (KVAE ``box``)
-``seqlvm/BouncingBallGravity-v0``  ball in a box with gravity (KVAE ``box_gravity``)
-``seqlvm/BouncingBallPolygon-v0``  ball in a hexagon (KVAE ``polygon``)
-``seqlvm/Pong-v0``                 ball between a floor, a roof and two paddles (KVAE ``pong``)
-``seqlvm/ImageNavigation-v0``      agent seeing 8×8 crops of a 32×32 image (GTM-SM)
-==============================  ==========================================================
+- ``seqlvm/BouncingBall-v0``: a ball in a square box (KVAE ``box``);
+- ``seqlvm/BouncingBallGravity-v0``: the box with gravity (KVAE ``box_gravity``);
+- ``seqlvm/BouncingBallPolygon-v0``: a ball in a hexagon (KVAE ``polygon``);
+- ``seqlvm/Pong-v0``: a ball between a floor, a roof and two paddles (KVAE ``pong``);
+- ``seqlvm/ImageNavigation-v0``: an agent seeing 8×8 crops of a 32×32 image (GTM-SM).
 
 ``gymnasium.make("seqlvm.envs:seqlvm/BouncingBall-v0")`` imports and registers in one go.
 """

@@ -87,7 +87,7 @@ class Scene:
     init_clip: tuple[float, float] = (6.0, 26.0)
     ball_elasticity: float = 1.0
     walls: tuple[Wall, ...] = ()
-    paddles: tuple[Paddle, ...] = field(default=())
+    paddles: tuple[Paddle, ...] = ()
 
 
 def _box_walls(size: int, inset: float) -> tuple[Wall, ...]:

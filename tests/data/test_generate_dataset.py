@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import h5py
 import numpy as np
@@ -61,6 +64,26 @@ def test_env_kwargs_and_policy_are_stored(tmp_path) -> None:
     ds = SequenceDataset(path, split="all")
     assert ds.attrs["env_kwargs"] == {"render_walls": False} and ds.attrs["policy"] == "random"
     assert ds[0]["u"][1:].abs().sum() > 0 and ds[0]["x"][0].sum() < 40  # pushes; a ball and no border
+
+
+def test_vector_envs_without_state(tmp_path) -> None:
+    """Any registered env: CartPole observes a float vector and reports no ``info["state"]``."""
+    path = generate_dataset("CartPole-v1", tmp_path / "cp.h5", num_episodes=3, num_steps=8, seed=2, policy="random")
+    ds = SequenceDataset(path, split="all")
+    assert ds.obs_shape == (4,) and ds.action_dim == 2 and ds.state_dim is None
+    assert set(ds[0]) == {"x", "u"}
+    env = gym.make("CartPole-v1")
+    np.testing.assert_array_equal(ds[1]["x"][0].numpy(), env.reset(seed=episode_seeds(2, 1)[0])[0])
+
+
+def test_import_layering() -> None:
+    """seqlvm.data leaves gymnasium to its generator; envs (imported by workers) leave torch out."""
+    code = (
+        "import sys, seqlvm.data; assert 'gymnasium' not in sys.modules, 'data'; "
+        "import seqlvm.envs; assert not any(m.startswith('seqlvm.models') for m in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", "import sys, seqlvm.envs; assert 'torch' not in sys.modules"], check=True)
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,8 @@ def test_bad_arguments() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action"):
         env.step(np.zeros(3))
+    with pytest.raises(ValueError, match="action"):
+        env.step(np.array([np.nan, 0.0]))
 
 
 def test_scenes_registered_under_their_ids() -> None:
