@@ -26,8 +26,9 @@ __all__ = [
     "rasterize",
 ]
 
-# Flights with more than this many impacts in one step only happen when a disc is wedged in a corner
-# narrower than itself; the remaining motion of the step is then dropped, which keeps it inside.
+# More impacts than this in one step only happen to a disc wedged in a corner narrower than itself,
+# or one coming to rest on a wall under gravity with inelastic bounces (ever shorter hops); the rest
+# of the step's motion is then dropped, which keeps the disc inside.
 _MAX_BOUNCES = 64
 
 

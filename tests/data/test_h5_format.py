@@ -28,7 +28,7 @@ def test_video_round_trip(tmp_path, video) -> None:
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["observations"][:], video["observations"])
         np.testing.assert_array_equal(f["actions"][:], video["actions"].astype(np.float32))
-        for name, ds in f.items():
+        for ds in f.values():
             assert ds.chunks == (1, *ds.shape[1:])
             assert ds.compression == "gzip" and ds.shuffle
         assert f["actions"].dtype == np.float32 and f["states"].dtype == np.float32
