@@ -2,8 +2,7 @@
 
 Episode ``i`` of a collection with seed ``S`` resets the environment and the policy with two seeds
 drawn from ``numpy.random.SeedSequence(S, spawn_key=(i,))`` (:func:`episode_seeds`), so episodes are
-independent and a data set does not depend on how many processes rolled it. This module imports
-no torch, so worker processes that only roll episodes start quickly.
+independent and a data set does not depend on how many processes rolled it.
 """
 
 from __future__ import annotations
