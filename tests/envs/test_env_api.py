@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -14,7 +16,9 @@ from seqlvm.envs import ENV_IDS
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_check_env(env_id: str) -> None:
     env = gym.make(env_id, render_mode="rgb_array")
-    check_env(env.unwrapped, skip_render_check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checker's warnings count as failures too
+        check_env(env.unwrapped, skip_render_check=False)
     assert env.metadata["render_fps"] > 0
     env.reset(seed=0)
     frame = env.render()
