@@ -144,3 +144,22 @@ def test_random_walk_policy_is_seeded() -> None:
             obs, _, _, _, info = env.step(a)
         actions.append(seq)
     assert actions[0] == actions[1]
+
+
+@pytest.mark.parametrize("blocked", ["bump", "stay"])
+def test_random_walk_walls_modes(blocked: str) -> None:
+    """"bump" records moves into walls (that leave the agent in place); "stay" never does."""
+    env = ImageNavigationEnv()
+    policy = env.default_policy(mean_hold=6.0, blocked=blocked)
+    bumps = 0
+    for episode in range(10):
+        obs, info = env.reset(seed=episode)
+        policy.reset(seed=episode)
+        for _ in range(100):
+            before = info["position"].copy()
+            action = policy(obs, info)
+            obs, _, _, _, info = env.step(action)
+            bumps += action != 0 and np.array_equal(before, info["position"])
+    assert (bumps > 0) if blocked == "bump" else (bumps == 0)
+    with pytest.raises(ValueError, match="blocked"):
+        env.default_policy(blocked="wrap")
