@@ -37,21 +37,30 @@ def _mvn_logpdf(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
     return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x)
 
 
-def dense_moments(params: LGSSMParams, x: Tensor, observed: Tensor, u: Tensor | None = None) -> DenseMoments:
-    """All moments by dense conditioning. x (Bt,T,m); observed (Bt,T,m) bool; float64 advised."""
+class Joint(NamedTuple):
+    """One sequence's joint Gaussian: z = (z_0..z_{T-1}) flattened, x likewise."""
+
+    mean_z: Tensor
+    cov_z: Tensor
+    mean_x: Tensor
+    cov_x: Tensor
+    cov_zx: Tensor
+
+
+def dense_joint(params: LGSSMParams, x: Tensor, u: Tensor | None = None) -> list[Joint]:
+    """The dense joint Gaussian of every sequence in the batch (x gives only the sizes)."""
     Bt, T, m = x.shape
     n = params.A.shape[-1]
     A = _full(params.A, Bt, T, 2)
     C = _full(params.C, Bt, T, 2)
     Q = _full(params.Q, Bt, T, 2)
     R = _full(params.R, Bt, T, 2)
-    m0 = params.m0.expand(Bt, n) if params.m0.dim() == 1 else params.m0.expand(Bt, n)
+    m0 = params.m0.expand(Bt, n)
     P0 = params.P0.expand(Bt, n, n)
     Bu = None
     if params.B is not None:
-        Bmat = _full(params.B, Bt, T, 2)
-        Bu = (Bmat @ u.unsqueeze(-1)).squeeze(-1)
-    out = {k: [] for k in DenseMoments._fields}
+        Bu = (_full(params.B, Bt, T, 2) @ u.unsqueeze(-1)).squeeze(-1)
+    joints = []
     for b in range(Bt):
         # z = mu + M w, w ~ N(0, blockdiag(P0, Q_1, ..., Q_{T-1}))
         mu = [m0[b]]
@@ -72,8 +81,31 @@ def dense_moments(params: LGSSMParams, x: Tensor, observed: Tensor, u: Tensor | 
         cov_z = M @ W @ M.T
         H = torch.block_diag(*[C[b, t] for t in range(T)])
         cov_x = H @ cov_z @ H.T + torch.block_diag(*[R[b, t] for t in range(T)])
-        mean_x = H @ mu
-        cov_zx = cov_z @ H.T
+        joints.append(Joint(mu, cov_z, H @ mu, cov_x, cov_z @ H.T))
+    return joints
+
+
+def dense_x_posterior(params: LGSSMParams, x: Tensor, observed: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and std of every entry of x given the observed ones, each (Bt, T, m)."""
+    means, stds = [], []
+    for b, j in enumerate(dense_joint(params, x, u)):
+        idx = torch.nonzero(observed[b].reshape(-1)).squeeze(-1)
+        Soo = j.cov_x[idx][:, idx]
+        Sxo = j.cov_x[:, idx]
+        mean = j.mean_x + Sxo @ torch.linalg.solve(Soo, x[b].reshape(-1)[idx] - j.mean_x[idx])
+        cov = j.cov_x - Sxo @ torch.linalg.solve(Soo, Sxo.T)
+        means.append(mean.reshape(x.shape[1:]))
+        stds.append(cov.diagonal().clamp_min(0).sqrt().reshape(x.shape[1:]))
+    return torch.stack(means), torch.stack(stds)
+
+
+def dense_moments(params: LGSSMParams, x: Tensor, observed: Tensor, u: Tensor | None = None) -> DenseMoments:
+    """All moments by dense conditioning. x (Bt,T,m); observed (Bt,T,m) bool; float64 advised."""
+    Bt, T, m = x.shape
+    n = params.A.shape[-1]
+    out = {k: [] for k in DenseMoments._fields}
+    for b, j in enumerate(dense_joint(params, x, u)):
+        mu, cov_z, mean_x, cov_x, cov_zx = j
         xf = x[b].reshape(-1)
         of = observed[b].reshape(-1)
         step_of = torch.arange(T).repeat_interleave(m)
