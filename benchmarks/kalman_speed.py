@@ -45,10 +45,14 @@ them is imported: torch (``torch.set_num_threads``, OMP), OpenBLAS/MKL under num
 statsmodels, and XLA (``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``).
 With n <= 8 the kernels are far too small for a second thread to pay, and on a 2-core machine
 an idle thread pool that spin-waits after one library's call (OpenBLAS after statsmodels, OMP
-after torch) was measured to slow the next library's run by up to 30x, which made the table
-depend on the order of its rows. An explicitly set ``OMP_NUM_THREADS``, ``XLA_FLAGS``, ...
+after torch) was measured to slow the next library's run by 5-50x, which made the table depend
+on the order of its rows. An explicitly set ``OMP_NUM_THREADS``, ``XLA_FLAGS``, ...
 wins over the default. Ratio columns are speed-ups: ``dynamax/x`` is the dynamax time divided
 by this row's time (> 1 means this row is faster).
+
+Timing: median wall-clock time over interleaved rounds (every implementation once per round, so
+outside load hits all of them alike), 5-21 rounds and about 8 s per implementation in full mode,
+1-3 rounds with ``--quick``; one untimed warm-up call each (JIT compilation for dynamax).
 
 Usage::
 
@@ -99,7 +103,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 class Model(NamedTuple):
-    """Shared LGSSM parameters, float64: A (n,n), C (m,n), Q (n,n), R (m,m), m0 (n,), P0 (n,n)."""
+    """Shared LGSSM parameters: A (n,n), C (m,n), Q (n,n), R (m,m), m0 (n,), P0 (n,n)."""
 
     A: Tensor
     C: Tensor
@@ -114,7 +118,7 @@ class Model(NamedTuple):
 
 
 def make_model(n: int, m: int, generator: torch.Generator) -> Model:
-    """Constant-velocity 2-D tracking for (n, m) = (4, 2); a random stable system otherwise."""
+    """Constant-velocity 2-D tracking for (n, m) = (4, 2); a random stable system otherwise (float64)."""
     f64 = torch.float64
     if (n, m) == (4, 2):
         dt, q, r = 0.1, 1.0, 0.25
@@ -135,7 +139,7 @@ def make_model(n: int, m: int, generator: torch.Generator) -> Model:
 
 
 def simulate(model: Model, batch: int, steps: int, generator: torch.Generator) -> Tensor:
-    """Observations x (batch, steps, m) drawn from ``model`` in float64."""
+    """Observations x (batch, steps, m) drawn from ``model``, in its dtype."""
     A, C, Q, R, m0, P0 = model
     n, m = A.shape[0], C.shape[0]
     LQ, LR = torch.linalg.cholesky(Q), torch.linalg.cholesky(R)
