@@ -59,6 +59,7 @@ Usage::
     python benchmarks/kalman_speed.py            # full table
     python benchmarks/kalman_speed.py --quick    # fewer repeats
     python benchmarks/kalman_speed.py --markdown # the table as markdown, for RESULTS.md
+    python benchmarks/kalman_speed.py --check    # only the float64 correctness gate, no timing
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ from __future__ import annotations
 import os
 
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(THREADS))
-os.environ.setdefault(
-    "XLA_FLAGS",
-    f"--xla_cpu_multi_thread_eigen={str(THREADS > 1).lower()} intra_op_parallelism_threads={THREADS}",
-)
+if __name__ == "__main__":  # only when run as the benchmark: importing it (tests) changes nothing
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(THREADS))
+    _multi = str(THREADS > 1).lower()
+    os.environ.setdefault(
+        "XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={_multi} intra_op_parallelism_threads={THREADS}"
+    )
 
 import argparse  # noqa: E402  (the thread settings above must precede these imports)
 import functools  # noqa: E402
@@ -448,8 +450,12 @@ class Row:
     ll_err: float | None
 
 
-def run_case(case: tuple[int, int, int, int], budget: Budget, seed: int) -> tuple[list[Row], list[str]]:
-    """Time every implementation on one case in both dtypes; returns the rows and gate failures."""
+def run_case(
+    case: tuple[int, int, int, int], budget: Budget | None, seed: int
+) -> tuple[list[Row], list[str]]:
+    """Time every implementation on one case in both dtypes; returns the rows and gate failures.
+
+    With ``budget=None`` only the float64 correctness gate runs (no timing, no rows)."""
     batch, steps, n, m = case
     gen = torch.Generator().manual_seed(seed)
     model64 = make_model(n, m, gen)
@@ -457,7 +463,8 @@ def run_case(case: tuple[int, int, int, int], budget: Budget, seed: int) -> tupl
     rows: list[Row] = []
     failures: list[str] = []
     reference_ll: np.ndarray | None = None
-    for dtype in sorted(DTYPES, key=lambda d: d != torch.float64):  # float64 first: the gate
+    dtypes = sorted(DTYPES, key=lambda d: d != torch.float64)  # float64 first: the gate
+    for dtype in dtypes if budget is not None else dtypes[:1]:
         model, x = model64.to(dtype), x64.to(dtype)
         impls = [loop_impl(model, x), *seqlvm_impls(model, x)]
         impls += [i for i in (dynamax_impl(model, x), statsmodels_impl(model, x)) if i is not None]
@@ -465,6 +472,8 @@ def run_case(case: tuple[int, int, int, int], budget: Budget, seed: int) -> tupl
         if dtype == torch.float64:
             reference_ll = outputs["loop"].log_likelihood
             failures += check_agreement(case, impls, outputs)
+        if budget is None:
+            continue
         dname = str(dtype).removeprefix("torch.")
         smooth_ms = median_ms({impl.name: impl.smooth for impl in impls}, budget)
         for name, ms in smooth_ms.items():
@@ -537,10 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--cases", type=int, nargs="+", help="indices into CASES to run (default all)")
+    parser.add_argument("--check", action="store_true", help="run only the float64 correctness gate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
-    budget = QUICK if args.quick else FULL
+    budget = None if args.check else QUICK if args.quick else FULL
     cases = CASES if args.cases is None else [CASES[i] for i in args.cases]
     rows: list[Row] = []
     failures: list[str] = []
@@ -549,10 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += case_rows
         failures += case_failures
     print(environment() + ("\n" if args.markdown else ""))
-    print(table(rows, args.markdown))
-    print()
-    for line in targets(rows):
-        print(("- " if args.markdown else "") + line)
+    if rows:
+        print(table(rows, args.markdown))
+        print()
+        for line in targets(rows):
+            print(("- " if args.markdown else "") + line)
     if failures:
         print("\nCORRECTNESS GATE FAILED (float64, against the loop):", *failures, sep="\n  ",
               file=sys.stderr)
