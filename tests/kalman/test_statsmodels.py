@@ -1,6 +1,10 @@
 """Oracle test: seqlvm.kalman against statsmodels' state-space Kalman filter and smoother.
 
-Real series shipped with statsmodels, fixed parameters, float64, agreement to ~1e-8 relative.
+Real series shipped with statsmodels, fixed parameters, float64, agreement to 1e-8 relative to
+each time step's scale. The worst error measured is ~3e-9, in the bivariate trend model's
+smoothed covariances (its slopes are weakly identified), where both seqlvm methods agree with
+each other to ~1e-13 and a textbook filter/RTS smoother lands at the same distance from
+statsmodels.
 
 Convention map (statsmodels -> seqlvm), checked on these models:
 
@@ -116,12 +120,23 @@ def observations(case: Case, missing_as: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 def assert_close(actual: torch.Tensor, expected: np.ndarray, what: str) -> None:
-    """``actual`` matches ``expected`` to RTOL, relative to the largest entry of ``expected``."""
+    """``actual`` matches ``expected`` to RTOL, relative to the largest entry of ``expected`` at
+    the same time step (the leading axis): a scale per step, so that a large early covariance
+    (P0 = 1e6 for the Nile) does not loosen the check at the later steps."""
     # np.array copies: statsmodels' arrays may be strided views or read-only.
     expected_t = torch.tensor(np.array(expected, dtype=np.float64))
-    scale = float(expected_t.abs().max())
-    torch.testing.assert_close(
-        actual.detach(), expected_t, rtol=RTOL, atol=RTOL * scale, msg=lambda m: f"{what}: {m}"
+    shapes = tuple(actual.shape), tuple(expected_t.shape)
+    assert shapes[0] == shapes[1], f"{what}: shape {shapes[0]} != {shapes[1]}"
+    if expected_t.ndim == 0:
+        scale = expected_t.abs()
+    else:
+        scale = expected_t.abs().amax(dim=tuple(range(1, expected_t.ndim)), keepdim=True)
+    err = (actual.detach() - expected_t).abs() / scale.clamp_min(torch.finfo(torch.float64).tiny)
+    worst = int(err.argmax())
+    got, want = actual.detach().flatten()[worst].item(), expected_t.flatten()[worst].item()
+    assert float(err.max()) <= RTOL, (
+        f"{what}: error {float(err.max()):.2e} relative to its step's scale (> {RTOL:g}) "
+        f"at flat index {worst}: got {got!r}, expected {want!r}"
     )
 
 
