@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from seqlvm.models import SequenceModel, get_model_class
-from seqlvm.train.io import atomic_path
+from seqlvm.io import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -86,6 +86,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file or run folder {str(path)!r}")
     return path
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> Path:
+    """``RUN/ckpt/last.pt``, checked: it must exist to resume, and must not to start a new run
+    (a finished run is never overwritten)."""
+    last = run_dir / "ckpt" / "last.pt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint {str(last)!r} to resume from")
+    if not resume and last.is_file():
+        raise ValueError(
+            f"out: {str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    return last
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

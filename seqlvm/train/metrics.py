@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from seqlvm.train.io import atomic_path
+from seqlvm.io import atomic_path
 
 
 def _summary_writer(log_dir: Path) -> Any:

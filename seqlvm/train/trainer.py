@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from seqlvm.models import ELBO, SequenceModel
 from seqlvm.train import distributed
-from seqlvm.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seqlvm.train.checkpoint import check_run_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seqlvm.train.config import TrainConfig
 from seqlvm.train.evaluation import evaluate, to_device
 from seqlvm.train.metrics import MetricsLog
@@ -178,16 +178,9 @@ class Trainer:
         Raises NonFiniteLossError when a loss term or the gradient norm goes NaN/inf; the last
         good checkpoint is kept.
         """
-        last = self.ckpt_dir / "last.pt"
+        last = check_run_dir(self.run_dir, resume)
         if resume:
-            if not last.is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint {str(last)!r} to resume from")
             self._restore(load_checkpoint(last))
-        elif last.is_file():
-            raise ValueError(
-                f"out: {str(self.run_dir)!r} already holds a run; pass --resume to continue it "
-                f"or choose another --out"
-            )
         else:
             # Each rank's own stream for the model's random draws (sampling ELBOs, dropout).
             seed_everything(self.config.seed + self.ctx.rank)

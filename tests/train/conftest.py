@@ -1,4 +1,4 @@
-"""Fixtures of the training tests: a small real model and in-memory sequence data."""
+"""Fixtures of the training tests: the toy model registered, its data, run configs in tmp_path."""
 
 from __future__ import annotations
 
@@ -6,35 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils.data import Dataset
 
 from seqlvm.models import MODELS
 from seqlvm.train import TrainConfig
-from toy import ToyChains
-
-
-class Sequences(Dataset):
-    """Items ``{"x": (T, D)}`` (and ``"u": (T, A)``) from a seeded AR(1) process."""
-
-    def __init__(self, n: int = 24, T: int = 10, D: int = 2, A: int = 0, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.u = torch.randn(n, T, A, generator=g) if A else None
-        z = torch.zeros(n, T, D)
-        for t in range(1, T):
-            z[:, t] = 0.8 * z[:, t - 1] + 0.3 * torch.randn(n, D, generator=g)
-            if self.u is not None:
-                z[:, t] += self.u[:, t].sum(-1, keepdim=True)
-        self.x = z + 0.1 * torch.randn(n, T, D, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {"x": self.x[i]}
-        if self.u is not None:
-            item["u"] = self.u[i]
-        return item
+from tests.train.toy import Sequences, ToyChains
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,7 @@ import torch.multiprocessing as mp
 
 from seqlvm.train import Trainer
 from seqlvm.train.config import TrainConfig
-from conftest import Sequences
-from toy import make_toy
+from tests.train.toy import Sequences, make_toy
 
 SETTINGS = dict(
     model="toy", batch_size=8, epochs=3, lr=0.05, log_every=1, device="cpu", progress=False,

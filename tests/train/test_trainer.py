@@ -11,7 +11,7 @@ import torch
 
 from seqlvm.train import NonFiniteLossError, Trainer, load_checkpoint, load_model
 from seqlvm.train.config import TrainConfig
-from toy import ToyChains, make_toy
+from tests.train.toy import ToyChains, make_toy
 
 
 def fit(config, data, model=None, resume=False):

@@ -1,4 +1,4 @@
-"""A small real model for the Trainer's tests: independent scalar linear-Gaussian chains per dimension.
+"""A small real model and its data for the Trainer's tests: independent scalar linear-Gaussian chains per dimension.
 
 For each of the D dimensions, ``z_t = a z_{t-1} + b + (W u_t) + N(0, q)``, ``x_t = z_t + N(0, r)``,
 ``z_1 ~ N(m0, p0)``. The log-likelihood is exact (a scalar Kalman filter, vectorised over B and D,
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from seqlvm.models import ELBO, Forecast, Imputation, SequenceModel
 
@@ -107,3 +108,26 @@ def make_toy(seed: int = 0, obs_dim: int = 2, control_dim: int = 0) -> ToyChains
     """A ToyChains with parameters drawn from ``seed``."""
     torch.manual_seed(seed)
     return ToyChains(ToyConfig(obs_dim=obs_dim, control_dim=control_dim))
+
+
+class Sequences(Dataset):
+    """Items ``{"x": (T, D)}`` (and ``"u": (T, A)``) from a seeded AR(1) process."""
+
+    def __init__(self, n: int = 24, T: int = 10, D: int = 2, A: int = 0, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.u = torch.randn(n, T, A, generator=g) if A else None
+        z = torch.zeros(n, T, D)
+        for t in range(1, T):
+            z[:, t] = 0.8 * z[:, t - 1] + 0.3 * torch.randn(n, D, generator=g)
+            if self.u is not None:
+                z[:, t] += self.u[:, t].sum(-1, keepdim=True)
+        self.x = z + 0.1 * torch.randn(n, T, D, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {"x": self.x[i]}
+        if self.u is not None:
+            item["u"] = self.u[i]
+        return item
