@@ -107,7 +107,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a non-checkpoint file
-        raise ValueError(f"checkpoint: {path} is not a readable torch checkpoint ({err})") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint: {path} is not a readable torch checkpoint ({first_line})") from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise ValueError(f"checkpoint: {path} is not a seqlvm checkpoint")
     if checkpoint["format_version"] > FORMAT_VERSION:
