@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from seqlvm.data import SequenceDataset
 from seqlvm.models import SequenceModel, get_model_class
+from seqlvm.models.base import config_from_dict
 from seqlvm.train.config import TrainConfig
 from seqlvm.train.schedule import check_freeze_patterns
 from seqlvm.train.trainer import Trainer, TrainResult, seed_everything
@@ -100,8 +101,12 @@ def prepare(config: TrainConfig) -> tuple[TrainConfig, SequenceModel, Dataset, D
         load_split(config.data, config.valid_split, config.split_seed, with_actions)
         if config.valid_split else None
     )
+    try:
+        model_config_obj = config_from_dict(model_class.config_class, model_config)
+    except TypeError as err:  # a required field left out: say how to give it
+        raise ValueError(f"model_config: {err}; set it with --set model_config.NAME=VALUE") from None
     seed_everything(config.seed)
-    model = model_class.from_config(model_config)
+    model = model_class(model_config_obj)
     check_freeze_patterns(model, config.freeze)
     return config, model, train_data, valid_data
 
