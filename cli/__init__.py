@@ -3,7 +3,8 @@
 Importing this package registers every command module with the typer app.
 """
 
-from seqlvm.cli import evaluate, forecast, impute, info, sample, train
+# Imported to register their commands.
+from seqlvm.cli import evaluate, forecast, generate, impute, info, sample, show, train  # noqa: F401
 from seqlvm.cli.app import app, command, main
 
-__all__ = ["app", "command", "evaluate", "forecast", "impute", "info", "main", "sample", "train"]
+__all__ = ["app", "command", "main"]
