@@ -1,11 +1,21 @@
 """Sequential latent-variable models sharing one protocol (see ``seqlvm.models.base``)."""
 
 from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
+from seqlvm.models.lgssm import LGSSM, LGSSMConfig
 
-__all__ = ["ELBO", "Forecast", "Imputation", "SequenceModel", "MODELS", "get_model_class"]
+__all__ = [
+    "ELBO",
+    "Forecast",
+    "Imputation",
+    "SequenceModel",
+    "LGSSM",
+    "LGSSMConfig",
+    "MODELS",
+    "get_model_class",
+]
 
-# name -> model class; each model file registers itself here when its issue lands.
-MODELS: dict[str, type[SequenceModel]] = {}
+# name -> model class, for the Trainer, checkpoints and the command line.
+MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM}
 
 
 def get_model_class(name: str) -> type[SequenceModel]:

@@ -1,0 +1,53 @@
+"""Small linear-algebra pieces shared by the filter, the smoother and the samplers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from seqlvm.kalman.params import LOG_2PI
+
+
+def sym(P: Tensor) -> Tensor:
+    """0.5 (P + P^T): rounding makes computed covariances drift from symmetry; this stops it."""
+    return 0.5 * (P + P.transpose(-1, -2))
+
+
+def safe_cholesky(S: Tensor) -> Tensor:
+    """Lower Cholesky factor of a symmetric positive (semi-)definite batch.
+
+    Tries the plain factorisation first; where it fails (a covariance that rounding pushed to
+    the edge of the cone, typically a float32 smoothed or conditional covariance), retries with
+    a jitter of growing size, relative to the matrix's scale, added to the diagonal.
+    """
+    L, info = torch.linalg.cholesky_ex(S)
+    if not bool(info.any()):
+        return L
+    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
+    scale = S.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(S.dtype).tiny)
+    jitter = torch.finfo(S.dtype).eps * 10.0
+    for _ in range(12):
+        L, info = torch.linalg.cholesky_ex(S + (jitter * scale)[..., None, None] * eye)
+        if not bool(info.any()):
+            return L
+        jitter *= 10.0
+    raise ValueError(
+        "covariance is not positive definite even after adding jitter "
+        f"(dtype {S.dtype}); check that Q, R and P0 are positive definite"
+    )
+
+
+def mvn_logpdf_chol(r: Tensor, L: Tensor, count: Tensor | float) -> Tensor:
+    """log N(r; 0, S) with S = L L^T, counting ``count`` dimensions in the 2*pi term.
+
+    r (..., d), L (..., d, d) broadcastable; returns (...). Using ``count`` < d lets padded,
+    unobserved dimensions (r_i = 0, unit variance, uncorrelated) add exactly 0.
+    """
+    v = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False).squeeze(-1)
+    log_det = torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (v.pow(2).sum(-1) + count * LOG_2PI) - log_det
+
+
+def matvec(M: Tensor, v: Tensor) -> Tensor:
+    """M v for batches: M (..., r, c), v (..., c) -> (..., r)."""
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
