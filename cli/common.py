@@ -15,10 +15,11 @@ from rich.table import Table
 from rich.text import Text
 from torch.utils.data import Dataset
 
-from seqlvm.io import atomic_write_text
+from seqlvm.io import atomic_path, atomic_write_text
 from seqlvm.models import SequenceModel
 from seqlvm.train import load_model, resolve_checkpoint
 from seqlvm.train.run import check_data_fits, load_split
+from seqlvm.viz import make_grid, save_gif
 
 console = Console()
 
@@ -68,6 +69,21 @@ def check_out(out: Path, video: bool) -> None:
     if out.suffix.lower() != expected:
         kind = "video" if video else "vector series"
         raise ValueError(f"--out: {kind} are written as {expected}, got {str(out)!r}")
+
+
+def write_video_panels(out: Path, panels: list[torch.Tensor], fps: float = 5.0, scale: int = 2) -> None:
+    """An animated GIF: frame t is a grid whose row b shows sequence b of every panel side by side.
+
+    panels: videos (B, T_k, C, H, W) in [0, 1] (e.g. truth, input, model output); a shorter
+            panel shows black after its end.
+    """
+    steps = max(panel.shape[1] for panel in panels)
+    padded = [
+        torch.cat([p, p.new_zeros(p.shape[0], steps - p.shape[1], *p.shape[2:])], 1) for p in panels
+    ]
+    frames = [make_grid(torch.stack([p[:, t] for p in padded], 1)) for t in range(steps)]
+    with atomic_path(out) as tmp:
+        save_gif(frames, tmp, fps=fps, scale=scale)
 
 
 def print_table(title: str, values: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ import torch
 import typer
 
 from seqlvm.cli.app import command
-from seqlvm.cli.common import check_out, head, is_video, load_trained, open_data, print_table
+from seqlvm.cli.common import (
+    check_out, head, is_video, load_trained, open_data, print_table, write_video_panels,
+)
 from seqlvm.viz.series import plot_forecast
 
 
@@ -53,9 +55,7 @@ def forecast(
         "mae": float(error.abs().mean()),
     })
     if video:
-        from seqlvm.cli.video import write_rows_gif
-
-        write_rows_gif(out, [x[:, : context + horizon], torch.cat([x[:, :context], result.mean.clamp(0, 1)], 1)])
+        write_video_panels(out, [x[:, : context + horizon], torch.cat([x[:, :context], result.mean.clamp(0, 1)], 1)])
     else:
         std = result.std if result.std is not None or result.samples is None else result.samples.std(0)
         plot_forecast(out, x[:, :context], result.mean, std, truth, title=f"forecast from {context} steps")

@@ -8,7 +8,9 @@ import torch
 import typer
 
 from seqlvm.cli.app import command
-from seqlvm.cli.common import check_out, head, is_video, load_trained, open_data, print_table
+from seqlvm.cli.common import (
+    check_out, head, is_video, load_trained, open_data, print_table, write_video_panels,
+)
 from seqlvm.data import parse_mask_spec
 from seqlvm.viz.series import plot_imputation
 
@@ -47,9 +49,7 @@ def impute(
         "mae (hidden)": float(error.abs().mean()) if error.numel() else float("nan"),
     })
     if video:
-        from seqlvm.cli.video import write_rows_gif
-
-        write_rows_gif(out, [x, x.masked_fill(~entries, 0.0), result.mean.clamp(0, 1)])
+        write_video_panels(out, [x, x.masked_fill(~entries, 0.0), result.mean.clamp(0, 1)])
     else:
         plot_imputation(out, x, observed, result.mean, result.std, title=f"imputation ({spec}, {method})")
     typer.echo(f"picture written to {out}")

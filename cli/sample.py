@@ -8,7 +8,7 @@ import torch
 import typer
 
 from seqlvm.cli.app import command
-from seqlvm.cli.common import check_out, is_video, load_trained
+from seqlvm.cli.common import check_out, is_video, load_trained, write_video_panels
 from seqlvm.viz.series import plot_series
 
 
@@ -30,9 +30,7 @@ def sample(
     with torch.no_grad():
         _, observations = model.sample(steps, batch_size=count, u=u, generator=torch.Generator().manual_seed(seed))
     if video:
-        from seqlvm.cli.video import write_rows_gif
-
-        write_rows_gif(out, [observations.clamp(0, 1)])
+        write_video_panels(out, [observations.clamp(0, 1)])
     else:
         plot_series(out, observations, title=f"{count} samples of {ckpt['model_name']}")
     typer.echo(f"{count} sequences of {steps} steps written to {out}")

@@ -18,8 +18,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A per-process name (not mkstemp) so the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A per-process name (not mkstemp) so the file gets the usual umask permissions, not 0600;
+    # it keeps the suffix because writers such as PIL and matplotlib pick the format from it.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
         with open(tmp, "rb") as handle:

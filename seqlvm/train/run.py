@@ -38,7 +38,8 @@ def fit_model_config(model_name: str, model_config: dict[str, Any], dims: dict[s
     """``model_config`` with the data dimensions it leaves out filled in from ``dims``.
 
     Only fields the model's config class has are touched. A dimension the config gives that
-    differs from the data's raises ``ValueError`` naming both; ``source`` names the data in it.
+    differs from the data's raises ``ValueError`` naming both (``source`` names the data), except
+    ``control_dim = 0``: such a model ignores the data's actions.
     """
     config_class = get_model_class(model_name).config_class
     fields = {f.name for f in dataclasses.fields(config_class)}
@@ -50,6 +51,8 @@ def fit_model_config(model_name: str, model_config: dict[str, Any], dims: dict[s
             expected = "vector series (N, T, D)" if name == "obs_dim" else "video (N, T, H, W, C)"
             raise ValueError(f"data: {source} does not hold {expected}, which {model_name!r} models")
         given = resolved.get(name)
+        if name == "control_dim" and given == 0:
+            continue  # a model without controls simply leaves the data's actions unread
         if given is None:
             resolved[name] = dims[name]
         elif (list(given) if isinstance(given, (list, tuple)) else given) != dims[name]:

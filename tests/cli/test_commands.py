@@ -6,7 +6,9 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
+from seqlvm.cli.common import write_video_panels
 from seqlvm.train import load_checkpoint
 from tests.cli.conftest import invoke, write_series
 
@@ -105,3 +107,11 @@ def test_model_commands_errors(tmp_path, trained_run):
 def test_verbose_shows_the_traceback(tmp_path):
     result = invoke("--verbose", "train", "toy", "--data", tmp_path / "missing.h5")
     assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
+
+
+def test_video_panels_gif_shows_every_step(tmp_path):
+    truth = torch.rand(2, 5, 1, 8, 8)
+    write_video_panels(tmp_path / "v.gif", [truth, truth[:, :3]], scale=1)
+    with Image.open(tmp_path / "v.gif") as gif:
+        # 2 rows of sequences, 2 panels side by side, 1-pixel padding around each 8x8 frame.
+        assert gif.n_frames == 5 and gif.size == (2 * 9 + 1, 2 * 9 + 1)

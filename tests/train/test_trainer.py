@@ -47,7 +47,7 @@ def test_fit_logs_every_term_and_writes_loadable_checkpoints(make_config, data):
         raw = torch.load(config.run_dir / "ckpt" / name, weights_only=True)
         assert raw["format_version"] == 1 and raw["model_name"] == "toy"
         assert {"optimizer", "scheduler", "rng", "step", "epoch", "train_config"} <= set(raw)
-    assert not list((config.run_dir / "ckpt").glob(".*tmp"))
+    assert not list((config.run_dir / "ckpt").glob(".*.tmp*"))
     loaded, checkpoint = load_model(config.run_dir)
     assert checkpoint["step"] == 18
     for name, value in loaded.state_dict().items():
