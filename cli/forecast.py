@@ -42,10 +42,11 @@ def forecast(
             f"--horizon: the model takes actions, known for {steps - context} steps after the "
             f"context in {data}; got {horizon}"
         )
-    u_future = u[:, context:context + horizon] if u is not None else None
+    # A model with controls is driven by the file's actions over the context and the horizon.
+    controls = {} if u is None else {"u": u[:, :context], "u_future": u[:, context:context + horizon]}
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        result = model.forecast(x[:, :context], horizon, u_future=u_future, num_samples=samples, generator=generator)
+        result = model.forecast(x[:, :context], horizon, num_samples=samples, generator=generator, **controls)
     truth = x[:, context:context + horizon]
     error = result.mean[:, : truth.shape[1]] - truth
     print_table(f"forecast of {x.shape[0]} sequences, {context} steps of context", {

@@ -5,7 +5,8 @@ Every model is an ``nn.Module`` built from a ``Config`` dataclass and answers th
 - ``elbo(x, mask=None, u=None) -> ELBO``: the training objective and its named terms;
 - ``filter`` / ``smooth``: posteriors over the latents;
 - ``impute(x, mask, u=None, method="smooth"|"filter") -> Imputation``;
-- ``forecast(x_context, horizon, u_future=None, num_samples=..., generator=None) -> Forecast``;
+- ``forecast(x_context, horizon, u_future=None, num_samples=..., generator=None, mask=None, u=None)
+  -> Forecast`` (``mask`` and ``u`` belong to the context, ``u_future`` drives the horizon);
 - ``sample(num_steps, batch_size=1, u=None, generator=None)``;
 - ``log_likelihood(x, mask=None, u=None, num_samples=K)``: exact where possible, else IWAE.
 

@@ -10,14 +10,7 @@ from PIL import Image
 
 from seqlvm.cli.common import write_video_panels
 from seqlvm.train import load_checkpoint
-from tests.cli.conftest import invoke, write_series
-
-
-def assert_user_error(result, message: str) -> None:
-    assert result.exit_code == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+from tests.cli.helpers import assert_user_error, invoke, write_series
 
 
 def test_help_lists_the_commands():

@@ -77,8 +77,9 @@ class ToyChains(SequenceModel):
         return Imputation(mean=means, std=(variances + self.log_r.exp()).sqrt())
 
     def forecast(self, x_context: Tensor, horizon: int, u_future: Tensor | None = None,
-                 num_samples: int = 0, generator: torch.Generator | None = None) -> Forecast:
-        means, variances, _ = self.filter(x_context)
+                 num_samples: int = 0, generator: torch.Generator | None = None,
+                 mask: Tensor | None = None, u: Tensor | None = None) -> Forecast:
+        means, variances, _ = self.filter(x_context, mask, u)
         m, p = means[:, -1], variances[:, -1]
         drive = self._drive(u_future, torch.Size((x_context.shape[0], horizon, x_context.shape[-1])))
         out_m, out_s = [], []
