@@ -11,6 +11,7 @@ import torch
 
 from seqlvm.train import NonFiniteLossError, Trainer, load_checkpoint, load_model
 from seqlvm.train.config import TrainConfig
+from seqlvm.train.distributed import resolve_device
 from tests.train.toy import ToyChains, make_toy
 
 
@@ -189,3 +190,21 @@ def test_early_stopping_after_patience(make_config, data):
 def test_batch_larger_than_data_is_refused_before_training(make_config, data):
     with pytest.raises(ValueError, match="batch_size: 64 is larger than the 24"):
         Trainer(make_config(batch_size=64), make_toy(), *data)
+
+
+def test_float64_runs_and_checkpoints_in_float64(make_config, data):
+    config = make_config(max_steps=2, dtype="float64")
+    model, _ = fit(config, data)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    loaded, _ = load_model(config.run_dir)
+    assert all(p.dtype == torch.float64 for p in loaded.parameters())
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto", local_rank=0) == torch.device("cuda", 0)
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
