@@ -10,6 +10,14 @@ For each step t (0-based), with ``m_{0|-1} = m0`` and ``P_{0|-1} = P0``::
 
 Missing entries are projected out of the update (see ``Prepared.emission``); a step with nothing
 observed is predict-only and adds exactly 0 to the log-likelihood.
+
+The work is split in two passes. The covariances (and with them the gains) never depend on the
+values of x, only on which entries are observed: the *covariance pass* computes them once for
+the whole batch when the parameters are shared and nothing is missing, by a loop
+(``"sequential"``, which stops at the steady state) or an associative scan (``"parallel"``).
+Given the gains, the filtered means obey an affine recurrence
+``m_t = (I - K_t C_t) A_t m_{t-1} + (I - K_t C_t) B_t u_t + K_t x_t``: the *mean pass* solves it
+by a loop or a scan, and in exact blocks wherever the gain is steady.
 """
 
 from __future__ import annotations
@@ -19,9 +27,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.linalg import matvec, mvn_logpdf_chol, safe_cholesky, sym
+from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_chol, sym
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence
+from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence, linear_recurrence
 
 METHODS = ("sequential", "parallel")
 
@@ -76,126 +84,79 @@ def kalman_filter(
     return result
 
 
-def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
-    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
-    if method == "parallel":
-        return _filter_parallel(prep), None
-    return _filter_sequential(prep)
+class Gains(NamedTuple):
+    """The data-independent half of the filter, batch b (1 when shared by the sequences).
+
+    pred_covs, covs (b, T, n, n); gains K (b, T, n, m); chols (b, T, m, m), the Cholesky factors of
+    the innovation covariances S_t; steady_from: the step from which all of them are constant,
+    or None.
+    """
+
+    pred_covs: Tensor
+    covs: Tensor
+    K: Tensor
+    chols: Tensor
+    steady_from: int | None
 
 
-def _update_covariance(P_pred: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gain, Cholesky factor of S and Joseph-form filtered covariance: (b,n,m), (b,m,m), (b,n,n)."""
-    CP = C @ P_pred
-    L = safe_cholesky(sym(CP @ C.transpose(-1, -2) + R))
-    K = torch.cholesky_solve(CP, L).transpose(-1, -2)
-    IKC = torch.eye(P_pred.shape[-1], dtype=P_pred.dtype, device=P_pred.device) - K @ C
-    P = sym(IKC @ P_pred @ IKC.transpose(-1, -2) + K @ R @ K.transpose(-1, -2))
-    return K, L, P
+def _not_positive_definite() -> ValueError:
+    return ValueError(
+        "the innovation covariance C P C^T + R is not positive definite at some step; "
+        "R, Q and P0 must be positive definite"
+    )
 
 
-def _converged(new: Tensor, old: Tensor) -> bool:
-    """True when two covariances agree to a few units of rounding error."""
-    tol = 8 * torch.finfo(new.dtype).eps
-    return bool((new - old).abs().amax() <= tol * new.abs().amax())
+def _cholesky(S: Tensor) -> Tensor:
+    """Factor innovation covariances; they fail only when R (or Q, P0) is not positive definite."""
+    L, info = torch.linalg.cholesky_ex(S)
+    if bool(info.any()):
+        raise _not_positive_definite()
+    return L
 
 
-def _filter_sequential(prep: Prepared) -> tuple[FilterResult, int | None]:
-    T, Bt = prep.steps, prep.batch
-    x, count = prep.x, prep.observed_count()
-    # Without a mask and with fixed parameters, the covariances do not depend on the data and
-    # converge to a steady state; from there on every step reuses the same gain.
+STEADY_CHECK_EVERY = 4  # steps between steady-state tests (each costs a device sync)
+
+
+def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
+    """Riccati recursion step by step; stops once a time-invariant, unmasked model is steady."""
+    T, n = prep.steps, prep.n
+    eye = torch.eye(n, dtype=C_all.dtype, device=C_all.device)
     watch_steady = prep.time_invariant and prep.observed is None
-    means, covs, pmeans, pcovs, lls = [], [], [], [], []
-    steady_from, calm = None, 0
-    m = P = None
+    pcovs, covs, gains, infos = [], [], [], []
+    steady_from, P = None, None
     for t in range(T):
         if t == 0:
-            m_pred, P_pred = prep.m0.expand(Bt, -1), prep.P0
+            P_pred = prep.P0
         else:
             A = prep.at("A", t)
-            m_pred = matvec(A, m)
-            offset = prep.control(t)
-            if offset is not None:
-                m_pred = m_pred + offset
             P_pred = sym(A @ P @ A.transpose(-1, -2) + prep.at("Q", t))
-            if watch_steady and t >= 2:
-                calm = calm + 1 if _converged(P_pred, pcovs[-1]) else 0
-                if calm >= 2:
+            if watch_steady and t % STEADY_CHECK_EVERY == 0 and t >= 2 * STEADY_CHECK_EVERY:
+                if converged(P_pred, pcovs[-1]) and converged(pcovs[-1], pcovs[-2]):
                     steady_from = t
                     break
-        C, R = prep.emission(t)
-        K, L, P = _update_covariance(P_pred, C, R)
-        r = x[:, t] - matvec(C, m_pred)
-        m = m_pred + matvec(K, r)
-        c = count if isinstance(count, float) else count[:, t]
-        lls.append(mvn_logpdf_chol(r, L, c))
-        means.append(m)
-        covs.append(P)
-        pmeans.append(m_pred)
+        C = C_all[:, t] if C_all.shape[1] > 1 else C_all[:, 0]
+        R = R_all[:, t] if R_all.shape[1] > 1 else R_all[:, 0]
+        CP = C @ P_pred
+        L, info = torch.linalg.cholesky_ex(CP @ C.transpose(-1, -2) + R)
+        Kt = torch.cholesky_solve(CP, L)  # K^T = S^-1 C P
+        IKC = eye - Kt.transpose(-1, -2) @ C
+        P = sym(IKC @ P_pred @ IKC.transpose(-1, -2) + Kt.transpose(-1, -2) @ R @ Kt)  # Joseph form
         pcovs.append(P_pred)
-    if steady_from is None:
-        return _assemble(prep, means, covs, pmeans, pcovs, torch.stack(lls, 1)), None
-
-    # Steady state from step s = steady_from: gain K, factor L, covariances as at step s - 1.
-    s = steady_from
-    A, C = prep.at("A", s), prep.at("C", s)
-    n = prep.n
-    IKC = torch.eye(n, dtype=x.dtype, device=x.device) - K @ C
-    # m_pred_{t+1} = A (I - K C) m_pred_t + A K x_t + B u_{t+1}, for t = s .. T-2.
-    # Constant matrices get a time axis so they broadcast against (Bt, steps, ...).
-    A, C, K, IKC = (M.unsqueeze(1) for M in (A, C, K, IKC))
-    drive = matvec(A @ K, x[:, s:-1])
-    controls = prep.controls()
-    if controls is not None:
-        drive = drive + controls[:, s + 1 :]
-    tail_pred = constant_linear_recurrence((A @ IKC)[:, 0], drive, m_pred)
-    pred_tail = torch.cat([m_pred.unsqueeze(1), tail_pred], dim=1)  # (Bt, T - s, n)
-    mean_tail = matvec(IKC, pred_tail) + matvec(K, x[:, s:])
-    r_tail = x[:, s:] - matvec(C, pred_tail)
-    ll_tail = mvn_logpdf_chol(r_tail, L.unsqueeze(1), count)
-    steps = T - s
-    b = P.shape[0]
-    result = _assemble(
-        prep,
-        means,
-        covs,
-        pmeans,
-        pcovs,
-        torch.cat([torch.stack(lls, 1), ll_tail], dim=1),
-        tail=(mean_tail, P.unsqueeze(1).expand(b, steps, n, n), pred_tail, pcovs[-1].unsqueeze(1).expand(b, steps, n, n)),
-    )
-    return result, s
-
-
-def _assemble(
-    prep: Prepared,
-    means: list[Tensor],
-    covs: list[Tensor],
-    pmeans: list[Tensor],
-    pcovs: list[Tensor],
-    step_ll: Tensor,
-    tail: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
-) -> FilterResult:
-    """Stack per-step lists (plus an optional already-stacked tail) into a FilterResult."""
-    Bt, T, n = prep.batch, prep.steps, prep.n
-    parts = [torch.stack(means, 1), torch.stack(covs, 1), torch.stack(pmeans, 1), _stack_covs(pcovs)]
-    if tail is not None:
-        parts = [torch.cat([p, q], dim=1) for p, q in zip(parts, tail)]
-    m, P, mp, Pp = parts
-    return FilterResult(
-        m,
-        P.expand(Bt, T, n, n),
-        mp,
-        Pp.expand(Bt, T, n, n),
-        step_ll.sum(1),
-        step_ll,
-    )
-
-
-def _stack_covs(covs: list[Tensor]) -> Tensor:
-    """Stack (b_t, n, n) covariances whose batch sizes differ (P0 may be shared, later ones not)."""
-    b = max(c.shape[0] for c in covs)
-    return torch.stack([c.expand(b, -1, -1) for c in covs], 1)
+        covs.append(P)
+        gains.append((Kt.transpose(-1, -2), L))
+        infos.append(info)
+    if bool(torch.stack([i.reshape(-1) for i in infos]).any()):  # one sync, after the loop
+        raise _not_positive_definite()
+    steps = len(covs)
+    parts = [pcovs, covs, [k for k, _ in gains], [c for _, c in gains]]
+    stacked = []
+    for seq in parts:
+        b = max(v.shape[0] for v in seq)
+        block = torch.stack([v.expand(b, *v.shape[1:]) for v in seq], 1)
+        if steps < T:  # steady: the last value holds for the remaining steps
+            block = torch.cat([block, block[:, -1:].expand(b, T - steps, *block.shape[2:])], 1)
+        stacked.append(block)
+    return Gains(*stacked, steady_from)
 
 
 def _along_time(first: Tensor, rest: Tensor) -> Tensor:
@@ -210,73 +171,115 @@ def _full_time(p: Tensor, T: int) -> Tensor:
     return p.expand(p.shape[0], T, *p.shape[2:])
 
 
-def _filter_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Särkkä & García-Fernández (2021), eq. for (A, b, C, eta, J) of two filtering elements.
+def _covariance_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The (A, C, J) part of Särkkä & García-Fernández's (2021) filtering operator.
 
-    With M = I + C_i J_j:  A = A_j M^-1 A_i,  b = A_j M^-1 (b_i + C_i eta_j) + b_j,
-    C = A_j M^-1 C_i A_j^T + C_j,  eta = A_i^T M^-T (eta_j - J_j b_i) + eta_i,
-    J = A_i^T M^-T J_j A_i + J_i.
+    With M = I + C_i J_j:  A = A_j M^-1 A_i,  C = A_j M^-1 C_i A_j^T + C_j,
+    J = A_i^T M^-T J_j A_i + J_i.  (Their b and eta parts are the mean pass's affine scan.)
     """
-    Ai, bi, Ci, etai, Ji = earlier
-    Aj, bj, Cj, etaj, Jj = later
+    Ai, Ci, Ji = earlier
+    Aj, Cj, Jj = later
     eye = torch.eye(Ai.shape[-1], dtype=Ai.dtype, device=Ai.device)
     Mt = eye + Jj @ Ci  # = M^T, as C and J are symmetric
     W = torch.linalg.solve(Mt, Aj.transpose(-1, -2)).transpose(-1, -2)  # A_j M^-1
     V = torch.linalg.solve(Mt.transpose(-1, -2), Ai).transpose(-1, -2)  # A_i^T M^-T
-    return (
-        W @ Ai,
-        matvec(W, bi + matvec(Ci, etaj)) + bj,
-        sym(W @ Ci @ Aj.transpose(-1, -2) + Cj),
-        matvec(V, etaj - matvec(Jj, bi)) + etai,
-        sym(V @ Jj @ Ai + Ji),
+    return W @ Ai, sym(W @ Ci @ Aj.transpose(-1, -2) + Cj), sym(V @ Jj @ Ai + Ji)
+
+
+def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
+    """All filtered covariances by an associative scan, O(log T) depth.
+
+    Element t conditions z_t on x_t given z_{t-1}: with the prior folded into step 0 as a
+    transition from nothing (A_0 = 0, noise P0), ``S = C Q C^T + R``, ``K = Q C^T S^-1``,
+    ``A_el = (I - K C) A``, ``C_el = (I - K C) Q (I - K C)^T + K R K^T``,
+    ``J_el = A^T C^T S^-1 C A``.
+    """
+    T, n = prep.steps, prep.n
+    A = _full_time(prep.A, T)
+    A0 = torch.cat([torch.zeros_like(A[:, :1]), A[:, 1:]], dim=1)
+    Q0 = _along_time(prep.P0, _full_time(prep.Q, T)[:, 1:])
+    C, R = C_all, R_all
+    Ct = C.transpose(-1, -2)
+    CQ = C @ Q0
+    L = _cholesky(CQ @ Ct + R)
+    Kt = torch.cholesky_solve(CQ, L)
+    K = Kt.transpose(-1, -2)
+    IKC = torch.eye(n, dtype=A.dtype, device=A.device) - K @ C
+    CA = C @ A0
+    elems = (
+        IKC @ A0,
+        sym(IKC @ Q0 @ IKC.transpose(-1, -2) + K @ R @ Kt),
+        sym(CA.transpose(-1, -2) @ torch.cholesky_solve(CA, L)),
     )
+    _, covs, _ = associative_scan(_covariance_combine, elems)
+    pred_covs = _along_time(prep.P0, sym(A[:, 1:] @ covs[:, :-1] @ A[:, 1:].transpose(-1, -2) + _full_time(prep.Q, T)[:, 1:]))
+    CP = C @ pred_covs
+    chols = _cholesky(CP @ Ct + R)
+    gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
+    b = max(covs.shape[0], pred_covs.shape[0], gains.shape[0])
+    parts = [v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)]
+    steady_from = _steady_from(pred_covs) if prep.time_invariant and prep.observed is None else None
+    if steady_from is not None:
+        # Hold the steady values exactly: the mean pass then solves that stretch with one gain,
+        # and per-step rounding differences must not enter it (they drift along slow modes).
+        parts = [torch.cat([v[:, :steady_from], v[:, steady_from : steady_from + 1].expand_as(v[:, steady_from:])], 1) for v in parts]
+    return Gains(*parts, steady_from)
 
 
-def _filter_parallel(prep: Prepared) -> FilterResult:
-    """Parallel-in-time filter: one element per step, combined by an associative scan."""
+def _steady_from(pred_covs: Tensor) -> int | None:
+    """The first step from which the predicted covariances stay put to rounding error, or None."""
+    P = pred_covs.detach()
+    if P.shape[1] < 3:
+        return None
+    step = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (T-1,)
+    calm = (step <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
+    calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
+    first = int(torch.argmax(calm_after)) if bool(calm_after.any()) else None
+    return None if first is None else first + 1
+
+
+def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
+    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
     T, Bt, n = prep.steps, prep.batch, prep.n
     x = prep.x
-    # Fold the prior into step 0 as a transition from nothing: A_0 = 0, offset m0, noise P0.
-    A = _full_time(prep.A, T)
-    A = torch.cat([torch.zeros_like(A[:, :1]), A[:, 1:]], dim=1)
-    Q = _along_time(prep.P0, _full_time(prep.Q, T)[:, 1:])
+    C_all, R_all = prep.emission(slice(None))
+    gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
+    K, s = gains.K, gains.steady_from
+    C = _full_time(C_all, T)
+    IKC = torch.eye(n, dtype=x.dtype, device=x.device) - K @ C  # (b, T, n, n)
+    # Mean pass: m_t = F_t m_{t-1} + g_t with F_t = (I - K_t C_t) A_t, g_t = (I - K_t C_t) B_t u_t + K_t x_t.
+    g = matvec(K, x)
     controls = prep.controls()
-    rest = controls[:, 1:] if controls is not None else x.new_zeros(1, T - 1, n)
-    offset = _along_time(prep.m0, rest).expand(Bt, T, n)
-    C, R = prep.emission(slice(None))
-    Ct = C.transpose(-1, -2)
-    CQ = C @ Q
-    L = safe_cholesky(sym(CQ @ Ct + R))
-    K = torch.cholesky_solve(CQ, L).transpose(-1, -2)
-    IKC = torch.eye(n, dtype=x.dtype, device=x.device) - K @ C
-    r = x - matvec(C, offset)
-    CA = C @ A
-    SinvCA = torch.cholesky_solve(CA, L)
-    elems = (
-        IKC @ A,
-        offset + matvec(K, r),
-        sym(IKC @ Q @ IKC.transpose(-1, -2) + K @ R @ K.transpose(-1, -2)),
-        matvec(SinvCA.transpose(-1, -2), r),
-        sym(CA.transpose(-1, -2) @ SinvCA),
-    )
-    _, means, covs, _, _ = associative_scan(_filter_combine, elems)
-
-    # One-step predictions and the innovations, for all steps at once.
-    A_full = _full_time(prep.A, T)[:, 1:]
-    pred_rest = matvec(A_full, means[:, :-1])
+    if controls is not None:  # u_0 drives nothing: z_0 is the prior
+        g = g + torch.cat([torch.zeros_like(controls[:, :1]), matvec(IKC[:, 1:], controls[:, 1:])], dim=1)
+    m_first = matvec(IKC[:, 0], prep.m0.expand(Bt, n)) + g[:, 0]
+    if T == 1:
+        means = m_first.unsqueeze(1)
+    else:
+        F = IKC[:, 1:] @ _full_time(prep.A, T)[:, 1:]
+        if s is not None and s < T - 1:
+            # Steps 1..s-1 vary, steps s..T-1 share F_s: loop the first, solve the rest in blocks.
+            head = linear_recurrence(F[:, : s - 1], g[:, 1:s], m_first) if s > 1 else g[:, :0]
+            start = head[:, -1] if s > 1 else m_first
+            tail = constant_linear_recurrence(F[:, s - 1], g[:, s:], start)
+            rest = torch.cat([head, tail], dim=1)
+        else:
+            rest = linear_recurrence(F, g[:, 1:], m_first, method=method)
+        means = torch.cat([m_first.unsqueeze(1), rest], dim=1)
+    # One-step predictions and innovations, all steps at once.
+    pred = matvec(_full_time(prep.A, T)[:, 1:], means[:, :-1])
     if controls is not None:
-        pred_rest = pred_rest + controls[:, 1:]
-    pmeans = torch.cat([prep.m0.expand(Bt, n).unsqueeze(1), pred_rest], dim=1)
-    pcovs = _along_time(
-        prep.P0, sym(A_full @ covs[:, :-1] @ A_full.transpose(-1, -2) + _full_time(prep.Q, T)[:, 1:])
-    )
-    S = sym(C @ pcovs @ Ct + R)
-    step_ll = mvn_logpdf_chol(x - matvec(C, pmeans), safe_cholesky(S), prep.observed_count())
-    return FilterResult(
-        means,
-        covs.expand(Bt, T, n, n),
-        pmeans,
-        pcovs.expand(Bt, T, n, n),
-        step_ll.sum(1),
-        step_ll,
+        pred = pred + controls[:, 1:]
+    pred_means = torch.cat([prep.m0.expand(Bt, n).unsqueeze(1), pred], dim=1)
+    step_ll = mvn_logpdf_chol(x - matvec(C, pred_means), gains.chols, prep.observed_count())
+    return (
+        FilterResult(
+            means,
+            gains.covs.expand(Bt, T, n, n),
+            pred_means,
+            gains.pred_covs.expand(Bt, T, n, n),
+            step_ll.sum(1),
+            step_ll,
+        ),
+        s,
     )

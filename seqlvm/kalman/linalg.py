@@ -13,6 +13,12 @@ def sym(P: Tensor) -> Tensor:
     return 0.5 * (P + P.transpose(-1, -2))
 
 
+def converged(new: Tensor, old: Tensor) -> bool:
+    """True when two covariances agree to a few units of rounding error (a steady state)."""
+    tol = 8 * torch.finfo(new.dtype).eps
+    return bool((new - old).abs().amax() <= tol * new.abs().amax())
+
+
 def safe_cholesky(S: Tensor) -> Tensor:
     """Lower Cholesky factor of a symmetric positive (semi-)definite batch.
 
@@ -49,5 +55,11 @@ def mvn_logpdf_chol(r: Tensor, L: Tensor, count: Tensor | float) -> Tensor:
 
 
 def matvec(M: Tensor, v: Tensor) -> Tensor:
-    """M v for batches: M (..., r, c), v (..., c) -> (..., r)."""
+    """M v for batches: M (..., r, c), v (..., c) -> (..., r).
+
+    When M is shared by the sequences (leading size 1) and v is not, the sequences go into the
+    columns of one product per remaining index, instead of one tiny product per sequence.
+    """
+    if M.dim() == v.dim() + 1 and M.shape[0] == 1 and v.shape[0] > 1:
+        return (M[0] @ v.movedim(0, -1)).movedim(-1, 0)
     return (M @ v.unsqueeze(-1)).squeeze(-1)

@@ -100,6 +100,13 @@ def _powers(F: Tensor, count: int) -> Tensor:
 _BLOCK = 32
 
 
+def _apply(M: Tensor, X: Tensor) -> Tensor:
+    """Rows of X times M^T: M (b, r, c), X (Bt, k, c) -> (Bt, k, r), as one GEMM when b = 1."""
+    if M.shape[0] == 1:
+        return (X.reshape(-1, X.shape[-1]) @ M[0].transpose(0, 1)).reshape(*X.shape[:-1], M.shape[1])
+    return torch.bmm(X, M.transpose(1, 2))
+
+
 def constant_linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
     """Solve ``h_t = F h_{t-1} + g_t`` for t = 1..N with one ``F`` for every step.
 
@@ -123,17 +130,16 @@ def constant_linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool =
     pad = blocks * L - N
     if pad:
         g = torch.cat([g, g.new_zeros(Bt, pad, n)], dim=1)
-    gb = g.reshape(Bt, blocks, L, n)
     # Toeplitz of powers: block (i, j) = F^{i-j} for i >= j, else 0.
     lag = torch.arange(L, device=g.device)
     lag = lag[:, None] - lag[None, :]
     toeplitz = powers[:, lag.clamp_min(0)] * (lag >= 0).to(g.dtype)[None, :, :, None, None]
     b = toeplitz.shape[0]
-    toeplitz = toeplitz.permute(0, 1, 3, 2, 4).reshape(b, 1, L * n, L * n)
-    local = (toeplitz @ gb.reshape(Bt, blocks, L * n, 1)).reshape(Bt, blocks, L, n)
+    toeplitz = toeplitz.permute(0, 1, 3, 2, 4).reshape(b, L * n, L * n)
+    local = _apply(toeplitz, g.reshape(Bt, blocks, L * n)).reshape(Bt, blocks, L, n)
     # State entering each block: h0, then the block ends of the recurrence with F^L.
     ends = constant_linear_recurrence(powers[:, L], local[:, :-1, L - 1], h0) if blocks > 1 else None
     starts = h0.unsqueeze(1) if ends is None else torch.cat([h0.unsqueeze(1), ends], dim=1)
     # h_{c,i} = local_{c,i} + F^{i+1} start_c
-    carry = torch.einsum("bimn,bcn->bcim", powers[:, 1:].expand(Bt, -1, -1, -1), starts)
+    carry = _apply(powers[:, 1:].reshape(b, L * n, n), starts).reshape(Bt, blocks, L, n)
     return (local + carry).reshape(Bt, blocks * L, n)[:, :N]
