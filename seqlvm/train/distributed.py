@@ -77,6 +77,12 @@ def teardown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait until every process gets here."""
+    if ctx.distributed:
+        dist.barrier()
+
+
 def all_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """The mean of ``values`` over processes (a copy; the input is left alone)."""
     values = values.clone()

@@ -9,6 +9,7 @@ reproduces the uninterrupted run bit for bit on CPU.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import random
@@ -199,6 +200,9 @@ class Trainer:
                 )
                 progress = _Progress(self.total_steps, self.step) if self.config.progress else None
             reason = self._loop(progress)
+            # Rank 0 may still be writing the last checkpoint; leaving the process group while a
+            # peer is busy can abort gloo's background threads at exit.
+            distributed.barrier(self.ctx)
             return TrainResult(self.run_dir, self.step, self.epoch, reason, self.best_metric, self.metrics)
         finally:
             if progress is not None:
@@ -210,6 +214,11 @@ class Trainer:
             # Hand the model back as it came: no stage's freeze outlives the run.
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name in self._trainable)
+            # The DDP wrapper holds the process group; it must be gone before the group is
+            # destroyed, or gloo's threads are torn down only at interpreter exit (SIGABRT).
+            self._forward = _ELBOForward(self.model)
+            self._frozen = None
+            gc.collect()
             distributed.teardown(self.ctx)
 
     # ------------------------------------------------------------------ the loop
