@@ -49,7 +49,11 @@ def mvn_logpdf_chol(r: Tensor, L: Tensor, count: Tensor | float) -> Tensor:
     r (..., d), L (..., d, d) broadcastable; returns (...). Using ``count`` < d lets padded,
     unobserved dimensions (r_i = 0, unit variance, uncorrelated) add exactly 0.
     """
-    v = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False).squeeze(-1)
+    if L.dim() == r.dim() + 1 and L.shape[0] == 1 and r.shape[0] > 1:
+        # A factor shared by the sequences: solve for all of them as columns (also in backward).
+        v = torch.linalg.solve_triangular(L[0], r.movedim(0, -1), upper=False).movedim(-1, 0)
+    else:
+        v = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False).squeeze(-1)
     log_det = torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
     return -0.5 * (v.pow(2).sum(-1) + count * LOG_2PI) - log_det
 
