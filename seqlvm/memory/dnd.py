@@ -165,11 +165,10 @@ def _lookup(query: Tensor, keys: Tensor, values: Tensor, k: int, occupied: Tenso
     near_keys = keys[rows, slots]  # (B, Q, k, d): gathered with autograd, then distances recomputed
     sq_dist = (query.unsqueeze(-2) - near_keys).square().sum(-1)
     log_kernel = -torch.log(sq_dist + delta)
-    # Padding must not reach the log-sum-exp as -inf in a row with no valid entry: its gradient
-    # would be 0 * nan. Such rows normalise their (finite) padding instead, and are masked after.
-    any_valid = valid.any(-1, keepdim=True)
-    masked = torch.where(valid | ~any_valid, log_kernel, -math.inf)
-    log_weights = torch.where(valid, log_kernel - torch.logsumexp(masked, -1, keepdim=True), -math.inf)
+    # A row with no valid entry has a log-sum-exp of -inf; its nan gradient stays on the padding,
+    # which both torch.where calls cut off, so the query, keys and values get exactly 0.
+    log_norm = torch.logsumexp(torch.where(valid, log_kernel, -math.inf), -1, keepdim=True)
+    log_weights = torch.where(valid, log_kernel - log_norm, -math.inf)
     near_values = torch.where(valid.unsqueeze(-1), values[rows, slots], 0.0)
     indices = torch.where(valid, slots, -1)
     return DNDLookup(log_weights.exp(), log_weights, near_values, indices)
