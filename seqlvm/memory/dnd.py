@@ -109,8 +109,10 @@ def dnd_lookup(
     """Kernel-weighted k-nearest-neighbour lookup in B independent dictionaries.
 
     ``w_i = K(h, h_i) / sum_{j in N_k(h)} K(h, h_j)`` with ``K(h, h_i) = 1 / (||h - h_i||^2 + delta)``
-    over the k nearest occupied keys ``N_k(h)`` (exact search; equally distant keys are taken in
-    slot order). Differentiable in ``query``, ``keys`` and ``values``; not in the choice of N_k.
+    over the k nearest occupied keys ``N_k(h)``, found by exact search (``torch.cdist`` without the
+    matrix-product shortcut, then ``topk``); which of several keys tied at the k-th distance is
+    taken is up to ``topk`` (deterministic on a given device). Differentiable in ``query``,
+    ``keys`` and ``values``; not in the choice of N_k.
 
     Args:
         query:    (B, Q, d) Q queries per dictionary.
@@ -333,7 +335,9 @@ class DND:
         Step t of dictionary b is written when ``mask[b, t]`` is True and its key and value hold
         no NaN (NaN means missing). It goes to an empty slot, else to the least recently used one,
         or - with ``update_tolerance`` set - updates the entry whose key lies within tolerance
-        (see the class docstring). Keys and values keep their autograd history.
+        (see the class docstring). Keys and values keep their autograd history. Without
+        ``update_tolerance`` all steps are placed at once; with it, one step at a time (a step may
+        update an entry that an earlier step of the same call wrote).
 
         Args:
             keys:   (B, T, d) keys h_t, the store's dtype and device.
@@ -388,7 +392,7 @@ class DND:
         return slots
 
     def _write_tabular(self, keys: Tensor, values: Tensor, write: Tensor) -> Tensor:
-        """Step by step, because a step may update an entry that an earlier step of the call wrote."""
+        """One step at a time, each vectorised over the dictionaries that write it."""
         B, T = write.shape
         slots = torch.full((B, T), -1, dtype=torch.int64, device=self._device)
         limit = self.update_tolerance**2
@@ -426,7 +430,8 @@ class DND:
         Args:
             query:   (B, Q, d) Q queries per dictionary, the store's dtype and device.
             k:       number of neighbours, 1 <= k <= capacity; dictionaries with fewer than k
-                     entries return padding (weight 0, log-weight -inf, value 0, index -1).
+                     entries return padding (weight 0, log-weight -inf, value 0, index -1), so
+                     an empty dictionary returns padding only and its weights sum to 0.
             refresh: mark the returned entries as used now, for the LRU overwrite (as NEC does).
 
         Returns:
