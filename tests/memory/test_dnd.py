@@ -62,7 +62,8 @@ class ReferenceDND:
                     continue
                 match = None
                 if self.tol is not None:
-                    dist = [(np.linalg.norm(keys[b, t] - self.keys[b, i]), i) for i in range(self.keys.shape[1]) if self.occupied[b, i]]
+                    stored = np.flatnonzero(self.occupied[b])
+                    dist = [(np.linalg.norm(keys[b, t] - self.keys[b, i]), i) for i in stored]
                     if dist and min(dist)[0] <= self.tol:
                         match = min(dist)[1]
                 if match is None:
@@ -296,24 +297,38 @@ def _store() -> DND:
     return DND(2, 4, 3, 2, dtype=DT)
 
 
+def _z(*shape: int, dtype: torch.dtype = DT) -> torch.Tensor:
+    return torch.zeros(*shape, dtype=dtype)
+
+
+def _write(keys, values, mask=None):
+    return lambda: _store().write(keys, values, mask)
+
+
+def _lookup(query, k=1):
+    return lambda: _store().lookup(query, k)
+
+
+F32 = torch.float32
+BOOL = torch.bool
 BAD = [
-    (lambda: _store().write(torch.zeros(2, 3, dtype=DT), torch.zeros(2, 3, 2, dtype=DT)), "keys must have shape (2, T, 3); got (2, 3)"),
-    (lambda: _store().write(torch.zeros(2, 5, 4, dtype=DT), torch.zeros(2, 5, 2, dtype=DT)), "keys must have shape (2, T, 3); got (2, 5, 4)"),
-    (lambda: _store().write(torch.zeros(3, 5, 3, dtype=DT), torch.zeros(3, 5, 2, dtype=DT)), "keys must have shape (2, T, 3); got (3, 5, 3)"),
-    (lambda: _store().write(torch.zeros(2, 5, 3, dtype=DT), torch.zeros(2, 4, 2, dtype=DT)), "values must have shape (2, 5, 2); got (2, 4, 2)"),
-    (lambda: _store().write(torch.zeros(2, 5, 3), torch.zeros(2, 5, 2)), "keys has dtype torch.float32; expected torch.float64"),
-    (lambda: _store().write(torch.zeros(2, 5, 3, dtype=DT), torch.zeros(2, 5, 2)), "values has dtype torch.float32; expected torch.float64"),
-    (lambda: _store().write(torch.zeros(2, 5, 3, dtype=DT), torch.zeros(2, 5, 2, dtype=DT), torch.ones(2, 5)), "mask must be a bool tensor of shape (2, 5); got torch.float32 (2, 5)"),
-    (lambda: _store().write(torch.zeros(2, 5, 3, dtype=DT), torch.zeros(2, 5, 2, dtype=DT), torch.ones(2, 4, dtype=torch.bool)), "mask must be a bool tensor of shape (2, 5); got torch.bool (2, 4)"),
-    (lambda: _store().lookup(torch.zeros(2, 3, dtype=DT), k=1), "query must have shape (2, Q, 3); got (2, 3)"),
-    (lambda: _store().lookup(torch.zeros(2, 1, 2, dtype=DT), k=1), "query must have shape (2, Q, 3); got (2, 1, 2)"),
-    (lambda: _store().lookup(torch.zeros(2, 1, 3, dtype=DT), k=0), "k must be between 1 and the number of slots 4; got 0"),
-    (lambda: _store().lookup(torch.zeros(2, 1, 3, dtype=DT), k=5), "k must be between 1 and the number of slots 4; got 5"),
-    (lambda: _store().clear(torch.ones(3, dtype=torch.bool)), "batch_mask must be a bool tensor of shape (2,); got torch.bool (3,)"),
-    (lambda: dnd_lookup(torch.zeros(2, 1, 3, dtype=DT), torch.zeros(2, 4, 3), torch.zeros(2, 4, 2), 1), "query has dtype torch.float64; expected torch.float32"),
-    (lambda: dnd_lookup(torch.zeros(2, 1, 3), torch.zeros(2, 4, 3), torch.zeros(2, 5, 2), 1), "values must have shape (2, 4, v) to match keys; got (2, 5, 2)"),
-    (lambda: dnd_lookup(torch.zeros(2, 1, 3), torch.zeros(2, 4, 3), torch.zeros(2, 4, 2), 1, occupied=torch.ones(2, 4)), "occupied must be a bool tensor of shape (2, 4)"),
-    (lambda: dnd_lookup(torch.zeros(2, 1, 3), torch.zeros(2, 4, 3), torch.zeros(2, 4, 2), 1, delta=0.0), "delta must be a finite number > 0; got 0.0"),
+    (_write(_z(2, 3), _z(2, 3, 2)), "keys must have shape (2, T, 3); got (2, 3)"),
+    (_write(_z(2, 5, 4), _z(2, 5, 2)), "keys must have shape (2, T, 3); got (2, 5, 4)"),
+    (_write(_z(3, 5, 3), _z(3, 5, 2)), "keys must have shape (2, T, 3); got (3, 5, 3)"),
+    (_write(_z(2, 5, 3), _z(2, 4, 2)), "values must have shape (2, 5, 2); got (2, 4, 2)"),
+    (_write(_z(2, 5, 3, dtype=F32), _z(2, 5, 2, dtype=F32)), "keys has dtype torch.float32; expected torch.float64"),
+    (_write(_z(2, 5, 3), _z(2, 5, 2, dtype=F32)), "values has dtype torch.float32; expected torch.float64"),
+    (_write(_z(2, 5, 3), _z(2, 5, 2), torch.ones(2, 5)), "mask must be a bool tensor of shape (2, 5); got torch.float32 (2, 5)"),
+    (_write(_z(2, 5, 3), _z(2, 5, 2), _z(2, 4, dtype=BOOL)), "mask must be a bool tensor of shape (2, 5); got torch.bool (2, 4)"),
+    (_lookup(_z(2, 3)), "query must have shape (2, Q, 3); got (2, 3)"),
+    (_lookup(_z(2, 1, 2)), "query must have shape (2, Q, 3); got (2, 1, 2)"),
+    (_lookup(_z(2, 1, 3), k=0), "k must be between 1 and the number of slots 4; got 0"),
+    (_lookup(_z(2, 1, 3), k=5), "k must be between 1 and the number of slots 4; got 5"),
+    (lambda: _store().clear(_z(3, dtype=BOOL)), "batch_mask must be a bool tensor of shape (2,); got torch.bool (3,)"),
+    (lambda: dnd_lookup(_z(2, 1, 3), _z(2, 4, 3, dtype=F32), _z(2, 4, 2), 1), "query has dtype torch.float64; expected torch.float32"),
+    (lambda: dnd_lookup(_z(2, 1, 3), _z(2, 4, 3), _z(2, 5, 2), 1), "values must have shape (2, 4, v) to match keys; got (2, 5, 2)"),
+    (lambda: dnd_lookup(_z(2, 1, 3), _z(2, 4, 3), _z(2, 4, 2), 1, occupied=_z(2, 4)), "occupied must be a bool tensor of shape (2, 4)"),
+    (lambda: dnd_lookup(_z(2, 1, 3), _z(2, 4, 3), _z(2, 4, 2), 1, delta=0.0), "delta must be a finite number > 0; got 0.0"),
     (lambda: DND(0, 4, 3, 2), "batch_size must be an int >= 1; got 0"),
     (lambda: DND(2, 4, 3, 2, update_tolerance=-1.0), "update_tolerance must be None or a finite number >= 0; got -1.0"),
     (lambda: DND(2, 4, 3, 2, update_rate=0.0), "update_rate must be a number in (0, 1]; got 0.0"),
@@ -327,10 +342,7 @@ def test_bad_input_raises_value_error_naming_the_argument(call, message: str) ->
         call()
 
 
-@pytest.mark.parametrize(
-    "call",
-    [lambda: _store().lookup(torch.zeros(2, 1, 3, dtype=DT), k=2.0), lambda: _store().write([[0.0]], torch.zeros(2, 1, 2, dtype=DT))],
-)
+@pytest.mark.parametrize("call", [_lookup(_z(2, 1, 3), k=2.0), _write([[0.0]], _z(2, 1, 2))])
 def test_wrong_types_raise_type_error(call) -> None:
     with pytest.raises(TypeError, match="must be"):
         call()
@@ -345,5 +357,10 @@ def test_module_docstring_example_runs() -> None:
 def test_memory_imports_nothing_above_it() -> None:
     for path in Path(dnd_module.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
             assert not any(n.startswith("seqlvm.") and not n.startswith("seqlvm.memory") for n in names), (path, names)
