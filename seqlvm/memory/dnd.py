@@ -160,9 +160,10 @@ def _lookup(query: Tensor, keys: Tensor, values: Tensor, k: int, occupied: Tenso
         if occupied is not None:
             d2.masked_fill_(~occupied[:, None, :], math.inf)
         slots = d2.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, Q, k)
-        valid = torch.ones_like(slots, dtype=torch.bool) if occupied is None else occupied.gather(
-            1, slots.reshape(B, Q * k)
-        ).reshape(B, Q, k)
+        if occupied is None:
+            valid = torch.ones_like(slots, dtype=torch.bool)
+        else:
+            valid = occupied.gather(1, slots.reshape(B, Q * k)).reshape(B, Q, k)
     rows = torch.arange(B, device=keys.device)[:, None, None]
     near_keys = keys[rows, slots]  # (B, Q, k, d): gathered with autograd, then distances recomputed
     sq_dist = (query.unsqueeze(-2) - near_keys).square().sum(-1)
