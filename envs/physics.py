@@ -1,0 +1,289 @@
+"""A dependency-free 2-D simulator of one disc among static segments (the KVAE bouncing-ball recipe).
+
+World coordinates are pymunk's: pixel units, origin at the bottom-left corner of the frame, y up, so
+the wall and hexagon coordinates of the original generators apply verbatim. The rasteriser flips y.
+
+Integration over a step of length ``dt`` is kick-drift-kick (velocity Verlet),
+
+    v ← v + g dt/2;    drift p along v for dt, reflecting off walls;    v ← v + g dt/2,
+
+which is exact for the parabola of free flight (``E = |v|²/2 − g·p`` is conserved between bounces);
+pymunk's semi-implicit Euler instead loses ``|g|² dt²/2`` of energy per step.
+
+The drift uses continuous collision detection: the earliest time of impact of the disc with every
+wall (a capsule: a segment with a radius) is found in closed form, the disc is moved to the contact
+and its velocity reflected, ``v ← v − (1 + e) (v·n) n`` with ``e`` the product of the two
+elasticities (pymunk's rule), and the rest of the step continues from there. Nothing is sampled in
+time, so no speed can tunnel through a wall.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Wall", "Paddle", "Scene", "BallState", "SCENES", "advance", "move_paddles", "rasterize"]
+
+# Drifts longer than this many bounces in one step only happen when a disc is wedged in a corner
+# narrower than itself; the remaining motion of the step is then dropped, which keeps it inside.
+_MAX_BOUNCES = 64
+
+
+@dataclass(frozen=True)
+class Wall:
+    """A static segment from ``a`` to ``b`` with thickness ``radius`` (a capsule) and an elasticity."""
+
+    a: tuple[float, float]
+    b: tuple[float, float]
+    radius: float = 0.0
+    elasticity: float = 1.0
+
+
+@dataclass(frozen=True)
+class Paddle:
+    """A vertical pong paddle at column ``x``: a capsule of half-length ``half_length`` that moves
+    ``speed`` pixels per step toward the ball's height whenever the ball is more than ``speed / 2``
+    above or below its centre (the original generator's rule). It starts centred at ``y0``.
+    """
+
+    x: float
+    y0: float = 16.0
+    half_length: float = 3.0
+    radius: float = 1.0
+    speed: float = 2.0
+    elasticity: float = 0.99
+
+    def wall(self, y: float) -> Wall:
+        """The paddle, centred at height ``y``, as a wall segment."""
+        return Wall((self.x, y + self.half_length), (self.x, y - self.half_length), self.radius, self.elasticity)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything that defines one bouncing-ball world.
+
+    size:             frames are ``size × size`` pixels.
+    dt:               seconds per frame.
+    radius:           ball radius in pixels.
+    gravity:          acceleration ``(g_x, g_y)`` in pixels/s², world coordinates (y up).
+    speed_range:      initial speed ~ U(speed_range) (pixels/s); equal ends give a fixed speed.
+    init_mean, init_std: initial centre ~ init_mean + init_std · N(0, I) ...
+    init_clip:        ... clipped to this square range on both axes, and redrawn (at most 100
+                      times) if the ball would then overlap a wall.
+    ball_elasticity:  multiplied with each wall's elasticity at impact.
+    walls:            static segments.
+    paddles:          moving pong paddles (empty outside pong).
+    """
+
+    size: int = 32
+    dt: float = 0.2
+    radius: float = 3.0
+    gravity: tuple[float, float] = (0.0, 0.0)
+    speed_range: tuple[float, float] = (10.0, 15.0)
+    init_mean: tuple[float, float] = (16.0, 16.0)
+    init_std: float = 10.0
+    init_clip: tuple[float, float] = (6.0, 26.0)
+    ball_elasticity: float = 1.0
+    walls: tuple[Wall, ...] = ()
+    paddles: tuple[Paddle, ...] = field(default=())
+
+
+def _box_walls(size: int, inset: float) -> tuple[Wall, ...]:
+    lo, hi = inset, size - inset
+    corners = [(lo, lo), (hi, lo), (hi, hi), (lo, hi)]
+    return tuple(Wall(corners[i], corners[(i + 1) % 4]) for i in range(4))
+
+
+def _closed_polygon(vertices: list[tuple[float, float]]) -> tuple[Wall, ...]:
+    return tuple(Wall(vertices[i], vertices[(i + 1) % len(vertices)]) for i in range(len(vertices)))
+
+
+# The four KVAE datasets (models.md §3.1): walls inset by 2 px, ball of radius 3, dt = 0.2.
+SCENES: dict[str, Scene] = {
+    "box": Scene(walls=_box_walls(32, 2.0)),
+    "box_gravity": Scene(gravity=(0.0, -5.0), speed_range=(5.0, 10.0), init_std=8.0, walls=_box_walls(32, 2.0)),
+    "polygon": Scene(
+        init_std=2.5,
+        walls=_closed_polygon([(3.0, 1.0), (1.0, 15.0), (8.0, 30.0), (25.0, 30.0), (30.0, 8.0), (15.0, 1.0)]),
+    ),
+    "pong": Scene(
+        speed_range=(10.0, 10.0),
+        init_std=3.0,
+        ball_elasticity=0.9,
+        walls=(Wall((0.0, 1.0), (32.0, 1.0), 0.0, 0.99), Wall((0.0, 32.0), (32.0, 32.0), 0.0, 0.99)),
+        paddles=(Paddle(x=0.0), Paddle(x=30.0)),
+    ),
+}
+
+
+@dataclass
+class BallState:
+    """The mutable state of one simulation: ball centre, velocity and paddle heights."""
+
+    x: float
+    y: float
+    vx: float
+    vy: float
+    paddle_y: list[float] = field(default_factory=list)
+
+    def as_array(self) -> np.ndarray:
+        """``[x, y, vx, vy]`` as float64, world coordinates."""
+        return np.array([self.x, self.y, self.vx, self.vy], dtype=np.float64)
+
+
+def _time_of_impact(
+    px: float, py: float, dx: float, dy: float, wall: Wall, reach: float
+) -> tuple[float, float, float] | None:
+    """Earliest ``t ∈ [0, 1]`` at which the centre ``p + t·d`` comes within ``reach`` of ``wall`` while
+    approaching it, with the contact normal ``n`` (pointing from the wall to the centre).
+
+    The capsule is the union of a slab around the segment's interior and two end discs; the slab
+    gives a linear equation, each disc the quadratic ``|p + t d − c|² = reach²``. A centre already
+    inside the capsule and moving inward hits at ``t = 0`` (a paddle can step onto the ball).
+    """
+    (ax, ay), (bx, by) = wall.a, wall.b
+    ex, ey = bx - ax, by - ay
+    length = math.hypot(ex, ey)
+    best: tuple[float, float, float] | None = None
+    if length > 0.0:
+        ex, ey = ex / length, ey / length
+        nx, ny = -ey, ex
+        side = (px - ax) * nx + (py - ay) * ny
+        if side < 0.0:
+            nx, ny, side = -nx, -ny, -side
+        closing = dx * nx + dy * ny
+        if closing < 0.0:
+            t = max(0.0, (side - reach) / -closing)
+            along = (px + t * dx - ax) * ex + (py + t * dy - ay) * ey
+            if t <= 1.0 and 0.0 <= along <= length:
+                best = (t, nx, ny)
+    for cx, cy in (wall.a, wall.b):
+        fx, fy = px - cx, py - cy
+        fd = fx * dx + fy * dy
+        if fd >= 0.0:
+            continue
+        c = fx * fx + fy * fy - reach * reach
+        dd = dx * dx + dy * dy
+        if c <= 0.0:
+            t = 0.0
+        else:
+            disc = fd * fd - dd * c
+            if disc < 0.0:
+                continue
+            t = (-fd - math.sqrt(disc)) / dd
+        if t <= 1.0 and (best is None or t < best[0]):
+            hx, hy = fx + t * dx, fy + t * dy
+            norm = math.hypot(hx, hy)
+            if norm > 0.0:
+                best = (t, hx / norm, hy / norm)
+    return best
+
+
+def _drift(state: BallState, scene: Scene, walls: tuple[Wall, ...], duration: float) -> None:
+    """Move the ball along its velocity for ``duration`` seconds, reflecting at every impact."""
+    remaining = duration
+    for _ in range(_MAX_BOUNCES):
+        dx, dy = state.vx * remaining, state.vy * remaining
+        hit: tuple[float, float, float] | None = None
+        hit_wall: Wall | None = None
+        for wall in walls:
+            toi = _time_of_impact(state.x, state.y, dx, dy, wall, scene.radius + wall.radius)
+            if toi is not None and (hit is None or toi[0] < hit[0]):
+                hit, hit_wall = toi, wall
+        if hit is None or hit_wall is None:
+            state.x += dx
+            state.y += dy
+            return
+        t, nx, ny = hit
+        state.x += t * dx
+        state.y += t * dy
+        vn = state.vx * nx + state.vy * ny
+        restitution = 1.0 + scene.ball_elasticity * hit_wall.elasticity
+        state.vx -= restitution * vn * nx
+        state.vy -= restitution * vn * ny
+        remaining *= 1.0 - t
+
+
+def move_paddles(state: BallState, scene: Scene) -> None:
+    """Move every paddle ``speed`` pixels toward the ball's height, keeping it inside the frame."""
+    for i, paddle in enumerate(scene.paddles):
+        y = state.paddle_y[i]
+        if state.y < y - paddle.speed / 2:
+            y -= paddle.speed
+        elif state.y > y + paddle.speed / 2:
+            y += paddle.speed
+        state.paddle_y[i] = min(max(y, paddle.half_length), scene.size - paddle.half_length)
+
+
+def advance(state: BallState, scene: Scene) -> None:
+    """One frame of dynamics, in place: paddles move, then kick-drift-kick over ``scene.dt``."""
+    if scene.paddles:
+        move_paddles(state, scene)
+        walls = scene.walls + tuple(p.wall(y) for p, y in zip(scene.paddles, state.paddle_y))
+    else:
+        walls = scene.walls
+    half_kick_x, half_kick_y = 0.5 * scene.gravity[0] * scene.dt, 0.5 * scene.gravity[1] * scene.dt
+    state.vx += half_kick_x
+    state.vy += half_kick_y
+    _drift(state, scene, walls, scene.dt)
+    state.vx += half_kick_x
+    state.vy += half_kick_y
+
+
+def distance_to_wall(x: float, y: float, wall: Wall) -> float:
+    """Euclidean distance from the point ``(x, y)`` to the wall's centre segment."""
+    (ax, ay), (bx, by) = wall.a, wall.b
+    ex, ey = bx - ax, by - ay
+    l2 = ex * ex + ey * ey
+    u = 0.0 if l2 == 0.0 else min(1.0, max(0.0, ((x - ax) * ex + (y - ay) * ey) / l2))
+    return math.hypot(x - ax - u * ex, y - ay - u * ey)
+
+
+class Rasterizer:
+    """Draws a scene into ``(size, size)`` boolean frames, pixel row 0 at the top.
+
+    Pixel ``(i, j)`` covers world ``x ∈ [j, j+1)``, ``y ∈ (size−i−1, size−i]`` and has its centre at
+    ``(j + ½, size − i − ½)``. The ball lights the pixels whose centre lies within ``radius`` of the
+    ball's centre (≈ π r² ≈ 28 px; pymunk's debug renderer also drew a 1-px "rotation" line, an
+    artefact left out). A wall lights the pixels its centre line passes through (a 1-px line; the
+    box gives the original's 112 border pixels on rows and columns 2 and 30) plus those whose
+    centre lies within its radius (the 2-px-wide paddles).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        centres = np.arange(size, dtype=np.float64) + 0.5
+        self._cx = centres[None, :]
+        self._cy = (size - centres)[:, None]
+
+    def wall(self, wall: Wall) -> np.ndarray:
+        """Boolean ``(size, size)`` image of one wall."""
+        img = np.zeros((self.size, self.size), dtype=bool)
+        (ax, ay), (bx, by) = wall.a, wall.b
+        n = int(math.ceil(4 * math.hypot(bx - ax, by - ay))) + 1
+        s = np.linspace(0.0, 1.0, n)
+        xs, ys = ax + s * (bx - ax), ay + s * (by - ay)
+        cols = np.clip(np.floor(xs).astype(int), 0, self.size - 1)
+        rows = np.clip(np.floor(self.size - ys).astype(int), 0, self.size - 1)
+        img[rows, cols] = True
+        if wall.radius > 0.0:
+            ex, ey = bx - ax, by - ay
+            l2 = ex * ex + ey * ey
+            u = np.clip(((self._cx - ax) * ex + (self._cy - ay) * ey) / l2, 0.0, 1.0) if l2 > 0 else 0.0
+            img |= np.hypot(self._cx - ax - u * ex, self._cy - ay - u * ey) <= wall.radius
+        return img
+
+    def ball(self, x: float, y: float, radius: float) -> np.ndarray:
+        """Boolean ``(size, size)`` image of a disc centred at world ``(x, y)``."""
+        return (self._cx - x) ** 2 + (self._cy - y) ** 2 <= radius * radius
+
+
+def rasterize(size: int, walls: tuple[Wall, ...]) -> np.ndarray:
+    """Boolean ``(size, size)`` image of several walls (the static background of a scene)."""
+    raster = Rasterizer(size)
+    img = np.zeros((size, size), dtype=bool)
+    for wall in walls:
+        img |= raster.wall(wall)
+    return img
