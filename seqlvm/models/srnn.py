@@ -212,14 +212,15 @@ class _GaussianHead(nn.Module):
         self.state = nn.Linear(state_dim, 2 * hidden_dim, bias=False)
         self.mean = nn.Linear(hidden_dim, state_dim)
         self.raw_logvar = nn.Linear(hidden_dim, state_dim)
-        for layer in (self.context, self.state, self.mean, self.raw_logvar):
-            nn.init.xavier_uniform_(layer.weight)
-        for layer in (self.context, self.mean, self.raw_logvar):
-            nn.init.zeros_(layer.bias)
-        # The context/state split of one first layer: Glorot bounds of the joint layer.
+        # Glorot-uniform with zero biases; context and state are two halves of one first layer,
+        # so both take the joint layer's bound.
         bound = math.sqrt(6.0 / (context_dim + state_dim + hidden_dim))
         nn.init.uniform_(self.context.weight, -bound, bound)
         nn.init.uniform_(self.state.weight, -bound, bound)
+        for layer in (self.mean, self.raw_logvar):
+            nn.init.xavier_uniform_(layer.weight)
+        for layer in (self.context, self.mean, self.raw_logvar):
+            nn.init.zeros_(layer.bias)
 
     def project(self, context: Tensor) -> Tensor:
         """(..., c) -> (..., 2H) the context's share of the first layers (bias included)."""
