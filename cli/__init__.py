@@ -3,9 +3,9 @@
 Importing this package registers every command module with the typer app.
 """
 
-# Imported to register their commands.
-from seqlvm.cli import evaluate, forecast, generate, impute, info, sample, show, train  # noqa: F401
 from seqlvm.cli.app import app, command, main
-from seqlvm.cli import demo  # noqa: F401  (registers the command)
+from seqlvm.cli import (  # noqa: F401, E402  (imported to register their commands)
+    demo, evaluate, forecast, generate, impute, info, sample, show, train,
+)
 
 __all__ = ["app", "command", "main"]

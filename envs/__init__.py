@@ -2,15 +2,11 @@
 
 Importing this package registers:
 
-==============================  ==========================================================
-id                              environment
-==============================  ==========================================================
-``seqlvm/BouncingBall-v0``         ball in a square box (KVAE ``box``)
-``seqlvm/BouncingBallGravity-v0``  ball in a box with gravity (KVAE ``box_gravity``)
-``seqlvm/BouncingBallPolygon-v0``  ball in a hexagon (KVAE ``polygon``)
-``seqlvm/Pong-v0``                 ball between a floor, a roof and two paddles (KVAE ``pong``)
-``seqlvm/ImageNavigation-v0``      agent seeing 8×8 crops of a 32×32 image (GTM-SM)
-==============================  ==========================================================
+- ``seqlvm/BouncingBall-v0``: a ball in a square box (KVAE ``box``);
+- ``seqlvm/BouncingBallGravity-v0``: the box with gravity (KVAE ``box_gravity``);
+- ``seqlvm/BouncingBallPolygon-v0``: a ball in a hexagon (KVAE ``polygon``);
+- ``seqlvm/Pong-v0``: a ball between a floor, a roof and two paddles (KVAE ``pong``);
+- ``seqlvm/ImageNavigation-v0``: an agent seeing 8×8 crops of a 32×32 image (GTM-SM).
 
 ``gymnasium.make("seqlvm.envs:seqlvm/BouncingBall-v0")`` imports and registers in one go.
 """
@@ -21,12 +17,12 @@ from seqlvm.envs.bouncing_ball import BouncingBallEnv
 from seqlvm.envs.image_navigation import ImageNavigationEnv, load_image, procedural_image
 from seqlvm.envs.physics import SCENES, Paddle, Scene, Wall
 from seqlvm.envs.policies import Policy, RandomPolicy, RandomWalkPolicy, ZeroPolicy
-from seqlvm.envs.rollout import Episode, action_dim, encode_action, rollout
+from seqlvm.envs.rollout import POLICIES, Episode, action_dim, encode_action, episode_seeds, make_policy, roll_episodes, rollout
 
 __all__ = [
     "ENV_IDS", "BouncingBallEnv", "ImageNavigationEnv", "Scene", "Wall", "Paddle", "SCENES",
-    "Policy", "ZeroPolicy", "RandomPolicy", "RandomWalkPolicy", "Episode", "rollout", "action_dim",
-    "encode_action", "procedural_image", "load_image",
+    "Policy", "ZeroPolicy", "RandomPolicy", "RandomWalkPolicy", "POLICIES", "make_policy", "Episode", "rollout",
+    "roll_episodes", "episode_seeds", "action_dim", "encode_action", "procedural_image", "load_image",
 ]
 
 _BOUNCING = "seqlvm.envs.bouncing_ball:BouncingBallEnv"

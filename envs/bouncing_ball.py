@@ -111,8 +111,8 @@ class BouncingBallEnv(gym.Env[np.ndarray, np.ndarray]):
         state = self._state
         if action is not None:
             push = np.asarray(action, dtype=np.float64).reshape(-1)
-            if push.shape != (2,):
-                raise ValueError(f"action: got shape {np.shape(action)}; expected (2,)")
+            if push.shape != (2,) or not np.isfinite(push).all():
+                raise ValueError(f"action: got {action!r}; expected two finite numbers")
             push = np.clip(push, -1.0, 1.0) * self.push_scale
             if push.any():
                 state.vx += push[0]

@@ -140,9 +140,10 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
         self.image: np.ndarray | None = None
         self._position = np.zeros(2, dtype=np.int64)
 
-    def default_policy(self, mean_hold: float = 2.0) -> Policy:
-        """The GTM-SM exploration policy: a random walk holding each move ~Poisson(mean_hold) steps."""
-        return RandomWalkPolicy(self.grid_shape, self.MOVES, mean_hold)
+    def default_policy(self, mean_hold: float = 2.0, blocked: str = "bump") -> Policy:
+        """The GTM-SM exploration policy: a random walk holding each move ~Poisson(mean_hold) steps
+        (see :class:`RandomWalkPolicy` for ``blocked``)."""
+        return RandomWalkPolicy(self.grid_shape, self.MOVES, mean_hold, blocked)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start a new episode (with a new procedural image unless one was given)."""

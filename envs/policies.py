@@ -60,24 +60,33 @@ class RandomWalkPolicy:
 
     Every time the previous choice has run out it draws a hold length ``h ~ Poisson(mean_hold)``;
     ``h = 0`` gives a single "stay" step, otherwise a direction is drawn uniformly among the moves
-    that are not blocked from the current cell and repeated ``h`` times, even into a wall it meets
-    on the way (so a model must learn that walls stop the agent).
+    that are not blocked from the current cell and repeated ``h`` times.
 
     Args:
         grid_shape: ``(rows, cols)`` of the agent's positions; ``info["position"]`` is ``(row, col)``.
         moves:      the ``(d_row, d_col)`` of every discrete action; the ``(0, 0)`` one is "stay".
         mean_hold:  mean of the Poisson hold length.
+        blocked:    what a held move does when it meets a wall: ``"bump"`` (default, "with walls")
+                    keeps attempting it, so a model must learn that walls stop the agent;
+                    ``"stay"`` ("without walls") takes the stay action instead, so every recorded
+                    move happens and the dynamics are exactly linear (the first stage of the
+                    GTM-SM curriculum, models.md §5.5).
     """
 
-    def __init__(self, grid_shape: tuple[int, int], moves: Sequence[tuple[int, int]], mean_hold: float = 2.0) -> None:
+    def __init__(
+        self, grid_shape: tuple[int, int], moves: Sequence[tuple[int, int]], mean_hold: float = 2.0, blocked: str = "bump"
+    ) -> None:
         if mean_hold <= 0:
             raise ValueError(f"mean_hold: got {mean_hold}; expected > 0")
+        if blocked not in ("bump", "stay"):
+            raise ValueError(f"blocked: got {blocked!r}; expected 'bump' or 'stay'")
         self._shape = grid_shape
         self._moves = [tuple(m) for m in moves]
         if (0, 0) not in self._moves:
             raise ValueError(f"moves: got {moves}; expected one (0, 0) 'stay' move")
         self._stay = self._moves.index((0, 0))
         self._mean_hold = mean_hold
+        self._bump = blocked == "bump"
         self._rng = np.random.default_rng()
         self._action = self._stay
         self._left = 0
@@ -88,18 +97,17 @@ class RandomWalkPolicy:
         self._left = 0
 
     def __call__(self, observation: Any, info: dict[str, Any]) -> int:
+        row, col = (int(v) for v in info["position"])
         if self._left == 0:
-            row, col = (int(v) for v in info["position"])
-            rows, cols = self._shape
-            free = [
-                a
-                for a, (dr, dc) in enumerate(self._moves)
-                if a != self._stay and 0 <= row + dr < rows and 0 <= col + dc < cols
-            ]
+            free = [a for a in range(len(self._moves)) if a != self._stay and self._open(row, col, a)]
             hold = int(self._rng.poisson(self._mean_hold))
             if hold == 0 or not free:
                 self._action, self._left = self._stay, 1
             else:
                 self._action, self._left = int(self._rng.choice(free)), hold
         self._left -= 1
-        return self._action
+        return self._action if self._bump or self._open(row, col, self._action) else self._stay
+
+    def _open(self, row: int, col: int, action: int) -> bool:
+        d_row, d_col = self._moves[action]
+        return 0 <= row + d_row < self._shape[0] and 0 <= col + d_col < self._shape[1]

@@ -2,8 +2,7 @@
 
 Episode ``i`` of a collection with seed ``S`` resets the environment and the policy with two seeds
 drawn from ``numpy.random.SeedSequence(S, spawn_key=(i,))`` (:func:`episode_seeds`), so episodes are
-independent and a data set does not depend on how many processes rolled it. This module imports
-no torch, so worker processes that only roll episodes start quickly.
+independent and a data set does not depend on how many processes rolled it.
 """
 
 from __future__ import annotations
@@ -30,12 +29,13 @@ class Episode(NamedTuple):
     actions:      (T, A) float32; ``actions[t]`` is the action that led from ``x_{t-1}`` to ``x_t``
                   (one-hot for ``Discrete`` spaces) and ``actions[0] = 0`` since nothing precedes
                   ``x_0``. (GTM-SM's ``a_{t-1}`` is ``actions[t]``.)
-    states:       (T, S) float32, ``info["state"]`` after each observation.
+    states:       (T, S) float32, ``info["state"]`` after each observation, or None when the env
+                  reports no ``"state"``.
     """
 
     observations: np.ndarray
     actions: np.ndarray
-    states: np.ndarray
+    states: np.ndarray | None
 
 
 def action_dim(space: spaces.Space) -> int:
@@ -58,7 +58,7 @@ def encode_action(space: spaces.Space, action: object) -> np.ndarray:
 
 def rollout(env: gym.Env, policy: Policy, num_steps: int, seed: int, policy_seed: int) -> Episode:
     """Reset ``env`` with ``seed`` and ``policy`` with ``policy_seed``, then take ``num_steps − 1``
-    steps; returns ``num_steps`` observations. The env must put its ground truth in ``info["state"]``.
+    steps; returns ``num_steps`` observations (and the ground truth ``info["state"]`` if the env has one).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps: got {num_steps}; expected >= 1")
@@ -66,12 +66,15 @@ def rollout(env: gym.Env, policy: Policy, num_steps: int, seed: int, policy_seed
     policy.reset(policy_seed)
     observations = np.empty((num_steps, *np.shape(obs)), dtype=np.asarray(obs).dtype)
     actions = np.zeros((num_steps, action_dim(env.action_space)), dtype=np.float32)
-    states = np.empty((num_steps, np.size(info["state"])), dtype=np.float32)
-    observations[0], states[0] = obs, info["state"]
-    for t in range(1, num_steps):
-        action = policy(obs, info)
-        obs, _, _, _, info = env.step(action)
-        observations[t], actions[t], states[t] = obs, encode_action(env.action_space, action), info["state"]
+    states = np.empty((num_steps, np.size(info["state"])), dtype=np.float32) if "state" in info else None
+    observations[0] = obs
+    for t in range(num_steps):
+        if t:
+            action = policy(obs, info)
+            obs, _, _, _, info = env.step(action)
+            observations[t], actions[t] = obs, encode_action(env.action_space, action)
+        if states is not None:
+            states[t] = info["state"]
     return Episode(observations, actions, states)
 
 
@@ -104,7 +107,7 @@ def roll_episodes(
     env_id: str, env_kwargs: dict[str, Any], policy: str, seed: int, start: int, stop: int, num_steps: int
 ) -> Episode:
     """Episodes ``start … stop − 1`` of the collection ``(env_id, env_kwargs, policy, seed)``,
-    stacked: observations ``(n, T, *obs_shape)``, actions ``(n, T, A)``, states ``(n, T, S)``."""
+    stacked: observations ``(n, T, *obs_shape)``, actions ``(n, T, A)``, states ``(n, T, S)`` or None."""
     key = json.dumps([env_id, env_kwargs, policy], sort_keys=True)
     if _CACHE.get("key") != key:
         # The unwrapped env: gymnasium's passive checker and order enforcer only cost time here.
@@ -112,4 +115,4 @@ def roll_episodes(
         _CACHE.update(key=key, env=env, policy=make_policy(env, policy))
     env, pol = _CACHE["env"], _CACHE["policy"]
     episodes = [rollout(env, pol, num_steps, *episode_seeds(seed, i)) for i in range(start, stop)]
-    return Episode(*(np.stack(arrays) for arrays in zip(*episodes)))
+    return Episode(*(None if arrays[0] is None else np.stack(arrays) for arrays in zip(*episodes)))

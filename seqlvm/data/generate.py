@@ -60,8 +60,9 @@ class Generation:
     env_kwargs: dict[str, Any]
     policy: str
     obs_shape: tuple[int, ...]
+    obs_dtype: np.dtype
     action_dim: int
-    state_dim: int
+    state_dim: int | None
 
     def run(self, progress: Callable[[int], None] | None = None) -> Path:
         """Roll every episode into ``out`` (atomically); ``progress(n)`` is called as blocks finish."""
@@ -71,7 +72,7 @@ class Generation:
         ]
         # The pool forks before the output file is opened, so no child inherits an HDF5 handle.
         with _pool(min(self.workers, len(jobs))) as pool, SequenceWriter(
-            self.out, self.num_episodes, self.num_steps, self.obs_shape, np.uint8, self.action_dim, self.state_dim,
+            self.out, self.num_episodes, self.num_steps, self.obs_shape, self.obs_dtype, self.action_dim, self.state_dim,
             env_id=self.env_id, env_kwargs=self.env_kwargs, seed=self.seed, policy=self.policy,
         ) as writer:
             blocks = map(_roll_block, jobs) if pool is None else pool.imap_unordered(_roll_block, jobs)
@@ -115,15 +116,19 @@ def plan_generation(
     except TypeError as err:
         raise ValueError(f"env_kwargs: {env_kwargs} rejected by {name!r}: {err}") from None
     obs, info = probe.reset(seed=0)
-    if "state" not in info:
-        raise ValueError(f"env_id: {name!r} puts no 'state' in its info dict; the generator stores it as /states")
     obs = np.asarray(obs)
-    if not (obs.dtype == np.uint8 and obs.ndim == 3):
-        raise ValueError(f"env_id: {name!r} observes {obs.dtype} {obs.shape}; expected uint8 (H, W, C) frames")
+    if obs.dtype == np.uint8 and obs.ndim == 3:
+        obs_dtype = np.dtype(np.uint8)
+    elif obs.ndim == 1 and obs.dtype.kind in "fiu":
+        obs_dtype = np.dtype(np.float32)
+    else:
+        raise ValueError(
+            f"env_id: {name!r} observes {obs.dtype} {obs.shape}; expected uint8 (H, W, C) frames or a real vector (D,)"
+        )
     make_policy(probe, policy)
     generation = Generation(
         name, Path(out), int(num_episodes), int(num_steps), int(seed), int(workers), env_kwargs, policy,
-        obs.shape, action_dim(probe.action_space), int(np.size(info["state"])),
+        obs.shape, obs_dtype, action_dim(probe.action_space), int(np.size(info["state"])) if "state" in info else None,
     )
     probe.close()
     return generation
@@ -143,8 +148,9 @@ def generate_dataset(
 ) -> Path:
     """Roll ``num_episodes`` episodes of ``num_steps`` observations into the HDF5 file ``out``.
 
-    Writes ``/observations (N, T, H, W, C)`` uint8, ``/actions (N, T, A)`` and ``/states (N, T, S)``
-    (``info["state"]``) with attributes ``env_id``, ``env_kwargs``, ``seed`` and ``policy``; see
+    Writes ``/observations`` (``(N, T, H, W, C)`` uint8 for image observations, ``(N, T, D)``
+    float32 for vector ones), ``/actions (N, T, A)`` and, when the env reports ``info["state"]``,
+    ``/states (N, T, S)``, with attributes ``env_id``, ``env_kwargs``, ``seed`` and ``policy``; see
     :mod:`seqlvm.data.h5` for the layout and :class:`seqlvm.envs.Episode` for the time alignment.
     Episode ``i`` is seeded by ``SeedSequence(seed, spawn_key=(i,))``: the file is the same for any
     number of workers.

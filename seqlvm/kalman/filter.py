@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.linalg import matvec, mvn_logpdf_chol, sym
+from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_chol, sym
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence, linear_recurrence
 
@@ -84,11 +84,6 @@ def kalman_filter(
     return result
 
 
-def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
-    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
-    return _filter(prep, method)
-
-
 class Gains(NamedTuple):
     """The data-independent half of the filter, batch b (1 when shared by the sequences).
 
@@ -104,24 +99,22 @@ class Gains(NamedTuple):
     steady_from: int | None
 
 
-def _converged(new: Tensor, old: Tensor) -> bool:
-    """True when two covariances agree to a few units of rounding error."""
-    tol = 8 * torch.finfo(new.dtype).eps
-    return bool((new - old).abs().amax() <= tol * new.abs().amax())
+def _not_positive_definite() -> ValueError:
+    return ValueError(
+        "the innovation covariance C P C^T + R is not positive definite at some step; "
+        "R, Q and P0 must be positive definite"
+    )
 
 
-def _cholesky(S: Tensor, fn: str = "kalman_filter") -> Tensor:
+def _cholesky(S: Tensor) -> Tensor:
     """Factor innovation covariances; they fail only when R (or Q, P0) is not positive definite."""
     L, info = torch.linalg.cholesky_ex(S)
     if bool(info.any()):
-        raise ValueError(
-            f"{fn}: the innovation covariance C P C^T + R is not positive definite at some step; "
-            "R, Q and P0 must be positive definite"
-        )
+        raise _not_positive_definite()
     return L
 
 
-_STEADY_CHECK_EVERY = 4
+STEADY_CHECK_EVERY = 4  # steps between steady-state tests (each costs a device sync)
 
 
 def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
@@ -137,8 +130,8 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         else:
             A = prep.at("A", t)
             P_pred = sym(A @ P @ A.transpose(-1, -2) + prep.at("Q", t))
-            if watch_steady and t % _STEADY_CHECK_EVERY == 0 and t >= 2 * _STEADY_CHECK_EVERY:
-                if _converged(P_pred, pcovs[-1]) and _converged(pcovs[-1], pcovs[-2]):
+            if watch_steady and t % STEADY_CHECK_EVERY == 0 and t >= 2 * STEADY_CHECK_EVERY:
+                if converged(P_pred, pcovs[-1]) and converged(pcovs[-1], pcovs[-2]):
                     steady_from = t
                     break
         C = C_all[:, t] if C_all.shape[1] > 1 else C_all[:, 0]
@@ -152,8 +145,8 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         covs.append(P)
         gains.append((Kt.transpose(-1, -2), L))
         infos.append(info)
-    if bool(torch.stack([i.reshape(-1) for i in infos]).any()):
-        _cholesky(torch.zeros(1, 1, 1).fill_(-1.0))  # raises the message of _cholesky
+    if bool(torch.stack([i.reshape(-1) for i in infos]).any()):  # one sync, after the loop
+        raise _not_positive_definite()
     steps = len(covs)
     parts = [pcovs, covs, [k for k, _ in gains], [c for _, c in gains]]
     stacked = []
@@ -224,16 +217,29 @@ def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains
     chols = _cholesky(CP @ Ct + R)
     gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
     b = max(covs.shape[0], pred_covs.shape[0], gains.shape[0])
-    return Gains(
-        pred_covs.expand(b, *pred_covs.shape[1:]),
-        covs.expand(b, *covs.shape[1:]),
-        gains.expand(b, *gains.shape[1:]),
-        chols.expand(b, *chols.shape[1:]),
-        None,
-    )
+    parts = [v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)]
+    steady_from = _steady_from(pred_covs) if prep.time_invariant and prep.observed is None else None
+    if steady_from is not None:
+        # Hold the steady values exactly: the mean pass then solves that stretch with one gain,
+        # and per-step rounding differences must not enter it (they drift along slow modes).
+        parts = [torch.cat([v[:, :steady_from], v[:, steady_from : steady_from + 1].expand_as(v[:, steady_from:])], 1) for v in parts]
+    return Gains(*parts, steady_from)
 
 
-def _filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
+def _steady_from(pred_covs: Tensor) -> int | None:
+    """The first step from which the predicted covariances stay put to rounding error, or None."""
+    P = pred_covs.detach()
+    if P.shape[1] < 3:
+        return None
+    step = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (T-1,)
+    calm = (step <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
+    calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
+    first = int(torch.argmax(calm_after)) if bool(calm_after.any()) else None
+    return None if first is None else first + 1
+
+
+def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
+    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
     T, Bt, n = prep.steps, prep.batch, prep.n
     x = prep.x
     C_all, R_all = prep.emission(slice(None))

@@ -13,6 +13,12 @@ def sym(P: Tensor) -> Tensor:
     return 0.5 * (P + P.transpose(-1, -2))
 
 
+def converged(new: Tensor, old: Tensor) -> bool:
+    """True when two covariances agree to a few units of rounding error (a steady state)."""
+    tol = 8 * torch.finfo(new.dtype).eps
+    return bool((new - old).abs().amax() <= tol * new.abs().amax())
+
+
 def safe_cholesky(S: Tensor) -> Tensor:
     """Lower Cholesky factor of a symmetric positive (semi-)definite batch.
 

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.filter import FilterResult, check_method, run_filter
-from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
+from seqlvm.kalman.filter import STEADY_CHECK_EVERY, FilterResult, check_method, run_filter
+from seqlvm.kalman.linalg import converged, matvec, safe_cholesky, sym
 from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence, linear_recurrence
 
@@ -141,11 +141,6 @@ def _smooth_parallel(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -> 
     return means, covs
 
 
-def _converged(new: Tensor, old: Tensor) -> bool:
-    tol = 8 * torch.finfo(new.dtype).eps
-    return bool((new - old).abs().amax() <= tol * new.abs().amax())
-
-
 def _smooth_sequential(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -> tuple[Tensor, Tensor]:
     E, g, Lc = kernel.E, kernel.g, kernel.L
     T = g.shape[1] + 1
@@ -161,15 +156,13 @@ def _smooth_sequential(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -
 
     # Covariances: loop backwards; inside the steady stretch they converge, then stay put.
     covs = [P_last]
-    P, calm, t = P_last, 0, T - 2
+    P, t = P_last, T - 2
     while t >= 0:
         Et = E[:, t]
         P_new = sym(Et @ P @ Et.transpose(-1, -2) + Lc[:, t])
-        if t >= s:
-            calm = calm + 1 if _converged(P_new, P) else 0
-            if calm >= 2:
-                fill = t - s + 1  # steps t..s keep this value
-                covs.extend([P_new] * fill)
+        if t >= s and t % STEADY_CHECK_EVERY == 0 and len(covs) > 2:
+            if converged(P_new, P) and converged(P, covs[-2]):
+                covs.extend([P_new] * (t - s + 1))  # steps t..s keep this value
                 P, t = P_new, s - 1
                 continue
         covs.append(P_new)

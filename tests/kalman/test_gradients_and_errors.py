@@ -105,6 +105,13 @@ def test_bad_input_names_the_argument_and_shapes(change, x_shape, mask_shape, ma
             fn(params, x, mask=mask)
 
 
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_indefinite_noise_is_reported(method: str) -> None:
+    params = _good()._replace(R=-torch.eye(2), C=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="not positive definite"):
+        kalman_filter(params, torch.zeros(2, 4, 2), method=method)
+
+
 def test_other_bad_inputs() -> None:
     params = _good()
     x = torch.zeros(2, 4, 2)

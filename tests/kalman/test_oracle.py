@@ -152,6 +152,10 @@ def test_float32_stays_finite_and_positive_definite_on_long_sequences(method: st
     assert torch.isfinite(sm.means).all() and torch.isfinite(sm.filtered.log_likelihood).all()
     ref = kalman_smoother(params._replace(**{k: v.double() for k, v in params._asdict().items() if v is not None}), x.double())
     torch.testing.assert_close(sm.filtered.log_likelihood.double(), ref.filtered.log_likelihood, rtol=1e-4, atol=0)
+    # Means to float32 precision of their scale all along (no drift along the slow modes).
+    scale = ref.means.abs().max()
+    assert (sm.filtered.means.double() - ref.filtered.means).abs().max() < 1e-5 * scale
+    assert (sm.means.double() - ref.means).abs().max() < 1e-5 * scale
 
 
 @pytest.mark.parametrize("method", METHODS)

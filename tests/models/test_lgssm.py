@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother, sample_prior
+from seqlvm.kalman import LGSSMParams, kalman_filter, sample_prior
 from seqlvm.models import LGSSM, LGSSMConfig, get_model_class
 
 from ..kalman.dense import dense_joint, dense_x_posterior
