@@ -15,6 +15,9 @@ Layout (``FORMAT_VERSION`` 1)::
     rng             list[dict]        per process: torch / numpy / python (/ cuda) generator states
     best_metric     float             best monitored loss so far (inf before the first evaluation)
     stale_evals     int               evaluations since the best one (early stopping)
+    last_eval_step  int               step of the latest evaluation
+    interval_loss   [float, int]      training-loss sum and count since that evaluation
+    log_interval    dict              metric sums and step count since the last metrics row
     metrics         dict[str, float]  the latest evaluation's metrics
 
 Files are written to a temporary name and renamed, so ``last.pt`` is always a whole checkpoint.

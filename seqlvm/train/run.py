@@ -68,9 +68,13 @@ def check_data_fits(model_name: str, model_config: dict[str, Any], data: Dataset
     fit_model_config(model_name, given, data_dims(data), source)
 
 
-def load_split(paths: list[str], split: str, seed: int, with_actions: bool) -> Dataset:
-    """The ``split`` of each file, concatenated; every file must have the same shapes."""
-    keys = ("actions",) if with_actions else ()
+def load_split(paths: list[str], split: str, seed: int, with_actions: bool | None) -> Dataset:
+    """The ``split`` of each file, concatenated; every file must have the same shapes.
+
+    with_actions: True loads the actions as ``"u"`` (and requires them), False leaves them out,
+                  None loads whatever the files hold.
+    """
+    keys = None if with_actions is None else ("actions",) if with_actions else ()
     parts = [SequenceDataset(path, split=split, keys=keys, seed=seed) for path in paths]
     first = parts[0]
     for part in parts[1:]:
@@ -94,7 +98,7 @@ def prepare(config: TrainConfig) -> tuple[TrainConfig, SequenceModel, Dataset, D
     for path in config.data:
         if not Path(path).is_file():
             raise FileNotFoundError(f"data: no such file {path!r}")
-    probe = load_split(config.data, config.train_split, config.split_seed, with_actions=True)
+    probe = load_split(config.data, config.train_split, config.split_seed, with_actions=None)
     source = ", ".join(config.data)
     model_config = fit_model_config(config.model, config.model_config, data_dims(probe), source)
     config = dataclasses.replace(config, model_config=model_config)

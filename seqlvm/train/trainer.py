@@ -159,9 +159,12 @@ class Trainer:
         self.best_metric = math.inf
         self.stale_evals = 0
         self.metrics: dict[str, float] = {}
-        # Sum and count of training losses since the last evaluation: the monitored metric
-        # when there is no validation set. Part of the checkpoint so resuming keeps it.
+        self.last_eval_step = 0
+        # Running sums since the last evaluation (the training loss, monitored when there is no
+        # validation set) and since the last metrics row. Both are in the checkpoint, so a
+        # resumed run logs and decides exactly as an uninterrupted one.
         self._interval_loss = [0.0, 0]
+        self._log_interval: tuple[dict[str, float], int] = ({}, 0)
         self._frozen: set[str] | None = None
         self._forward: nn.Module = _ELBOForward(self.model)
         self._stop_signal: int | None = None
@@ -213,10 +216,7 @@ class Trainer:
 
     def _loop(self, progress: "_Progress | None") -> str:
         config = self.config
-        interval: dict[str, float] = {}
-        interval_steps = 0
         interval_start = time.perf_counter()
-        last_eval_step = self.step
         while self.step < self.total_steps:
             self._apply_freeze()
             self.sampler.set_epoch(self.epoch)
@@ -226,41 +226,52 @@ class Trainer:
                 values = self._train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
-                for name, value in values.items():
-                    interval[name] = interval.get(name, 0.0) + value
-                interval_steps += 1
+                sums, count = self._log_interval
+                self._log_interval = ({k: sums.get(k, 0.0) + v for k, v in values.items()}, count + 1)
                 if progress is not None:
                     progress.update(self.step, values["train/loss"])
                 if self.step % config.log_every == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - interval_start
-                    row = {name: total / interval_steps for name, total in interval.items()}
-                    row["seq_per_s"] = interval_steps * config.batch_size / max(elapsed, 1e-9)
-                    row["epoch"] = self.epoch
-                    self._write_row(row)
-                    if progress is not None:
-                        progress.speed(row["seq_per_s"])
-                    interval, interval_steps, interval_start = {}, 0, time.perf_counter()
+                    self._write_train_row(time.perf_counter() - interval_start, progress)
+                    interval_start = time.perf_counter()
                 if config.eval_every and self.step % config.eval_every == 0:
-                    last_eval_step = self.step
                     paused = time.perf_counter()
                     if self._evaluate_and_save():
                         return "early_stopping"
                     interval_start += time.perf_counter() - paused  # speed counts training only
-                if distributed.any_process(self._stop_signal is not None, self.ctx):
-                    self._save("last.pt")
+                if self.batch_in_epoch == self.steps_per_epoch:
+                    break  # the epoch's end is handled below, before any stop request
+                if self._stop_requested():
                     return "interrupted"
-                if self.step >= self.total_steps and self.batch_in_epoch < self.steps_per_epoch:
+                if self.step >= self.total_steps:
                     break
-            else:
+            if self.batch_in_epoch == self.steps_per_epoch:
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                if not config.eval_every:
-                    last_eval_step = self.step
-                    if self._evaluate_and_save():
-                        return "early_stopping"
-        if last_eval_step != self.step:
+                if not config.eval_every and self._evaluate_and_save():
+                    return "early_stopping"
+            if self._stop_requested():
+                return "interrupted"
+        if self.last_eval_step != self.step:
             self._evaluate_and_save()
         return "completed"
+
+    def _write_train_row(self, elapsed: float, progress: "_Progress | None") -> None:
+        """Write the mean of every training metric since the last row, and the speed."""
+        sums, count = self._log_interval
+        row = {name: total / count for name, total in sums.items()}
+        row["seq_per_s"] = count * self.config.batch_size / max(elapsed, 1e-9)
+        row["epoch"] = self.epoch
+        self._write_row(row)
+        if progress is not None:
+            progress.speed(row["seq_per_s"])
+        self._log_interval = ({}, 0)
+
+    def _stop_requested(self) -> bool:
+        """After a Ctrl-C / SIGTERM on any process: save ``last.pt`` (all processes) and say stop."""
+        if not distributed.any_process(self._stop_signal is not None, self.ctx):
+            return False
+        self._save("last.pt")
+        return True
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         x, mask, u = to_device(batch, self.ctx.device, self.dtype)
@@ -343,6 +354,7 @@ class Trainer:
             monitored = total / max(count, 1)
             metrics = {"train/interval_loss": monitored}
         self._interval_loss = [0.0, 0]
+        self.last_eval_step = self.step
         self.metrics = metrics
         if self.ctx.is_main:
             self._write_row(dict(metrics, epoch=self.epoch))
@@ -381,6 +393,8 @@ class Trainer:
             "best_metric": self.best_metric,
             "stale_evals": self.stale_evals,
             "interval_loss": list(self._interval_loss),
+            "log_interval": {"sums": dict(self._log_interval[0]), "steps": self._log_interval[1]},
+            "last_eval_step": self.last_eval_step,
             "metrics": self.metrics,
         })
 
@@ -399,6 +413,8 @@ class Trainer:
         self.best_metric = checkpoint["best_metric"]
         self.stale_evals = checkpoint["stale_evals"]
         self._interval_loss = list(checkpoint["interval_loss"])
+        self._log_interval = (dict(checkpoint["log_interval"]["sums"]), checkpoint["log_interval"]["steps"])
+        self.last_eval_step = checkpoint["last_eval_step"]
         self.metrics = dict(checkpoint["metrics"])
         states = checkpoint["rng"]
         if len(states) == self.ctx.world_size:

@@ -78,19 +78,21 @@ class InterruptAt(torch.utils.data.Dataset):
         return self.data[i]
 
 
-def test_ctrl_c_saves_and_resume_is_bit_for_bit(make_config, data):
+@pytest.mark.parametrize("stop_after", [10, 6, 18], ids=["mid-epoch", "epoch-end", "last-step"])
+def test_ctrl_c_saves_and_resume_is_bit_for_bit(make_config, data, stop_after):
     train, valid = data
-    settings = dict(epochs=3, eval_every=4, lr_schedule="cosine", optimizer="adamw", weight_decay=0.01)
+    settings = dict(epochs=3, eval_every=4, log_every=3, lr_schedule="cosine", optimizer="adamw",
+                    weight_decay=0.01)
     reference, _ = fit(make_config("whole", **settings), data)
 
     config = make_config("parts", **settings)
-    _, first = fit(config, (InterruptAt(train, at=4 * 9 + 2), valid))
-    assert first.reason == "interrupted" and first.step == 10
-    assert load_checkpoint(config.run_dir)["step"] in (8, 10)
-    assert load_checkpoint(config.run_dir / "ckpt" / "last.pt")["step"] == 10
+    # The signal arrives while batch `stop_after` (4 sequences each) is read; that step completes.
+    _, first = fit(config, (InterruptAt(train, at=4 * (stop_after - 1) + 2), valid))
+    assert first.reason == "interrupted" and first.step == stop_after
+    assert load_checkpoint(config.run_dir / "ckpt" / "last.pt")["step"] == stop_after
 
     resumed, second = fit(config, data, model=make_toy(seed=123), resume=True)
-    assert second.reason == "completed" and second.step == 18
+    assert second.reason == "completed" and second.step == 18 and second.epoch == 3
     for name, value in params(reference).items():
         assert torch.equal(value, params(resumed)[name]), name
 
@@ -98,6 +100,10 @@ def test_ctrl_c_saves_and_resume_is_bit_for_bit(make_config, data):
     parts = read_rows(config.run_dir / "metrics.csv")
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seq_per_s"} for r in rows]
     assert drop(parts) == drop(whole)
+    for name in ("best.pt", "last.pt"):
+        a = torch.load(make_config("whole").run_dir / "ckpt" / name, weights_only=True)
+        b = torch.load(config.run_dir / "ckpt" / name, weights_only=True)
+        assert (a["step"], a["epoch"], a["best_metric"]) == (b["step"], b["epoch"], b["best_metric"])
 
 
 def test_refuses_to_overwrite_a_run(make_config, data):
