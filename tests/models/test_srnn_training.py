@@ -16,14 +16,12 @@ from seqlvm.train.run import train
 def test_trainer_runs_srnn_with_kl_warmup(tmp_path):
     rng = np.random.default_rng(0)
     x = np.cumsum(rng.normal(size=(24, 10, 2)), axis=1)
-    # Actions are written (and ignored by a control_dim = 0 model): the Trainer's data probe on
-    # branch train currently requires an actions dataset in the file.
-    path = write_sequences(tmp_path / "walks.h5", x, actions=np.zeros((24, 10, 1)))
+    path = write_sequences(tmp_path / "walks.h5", x)
     config = TrainConfig(
         model="srnn", data=[str(path)], batch_size=8, epochs=2, lr=3e-3, grad_clip=1.0,
         kl_warmup_steps=2, kl_weight_start=0.2, log_every=1, device="cpu", progress=False,
         tensorboard=False, out_dir=str(tmp_path / "run"),
-        model_config=dict(control_dim=0, state_dim=2, deterministic_dim=8, inference_dim=8, feature_dims=[8],
+        model_config=dict(state_dim=2, deterministic_dim=8, inference_dim=8, feature_dims=[8],
                           hidden_dim=8, output_hidden_dims=[8], likelihood="gaussian"),
     )
     result = train(config)
