@@ -36,13 +36,20 @@ PAPER_ELBO = {"jsb": -4.74, "nottingham": -2.94, "muse": -6.28, "piano": -8.20}
 
 
 def per_step_scores(model: SRNN, rolls, num_samples: int, batch: int, seed: int) -> tuple[float, float]:
-    """Mean over songs of (ELBO / steps) and of (IWAE_K / steps)."""
+    """Mean over songs of (ELBO / steps) and of (IWAE_K / steps).
+
+    Songs go in batches of similar length, each cut to its longest song: trailing padding adds
+    exactly nothing to either bound, so this only saves time.
+    """
     gen = torch.Generator().manual_seed(seed)
     elbos, iwaes = [], []
+    order = rolls.mask.sum(1).argsort(descending=True)
     model.eval()
     with torch.no_grad():
         for i in range(0, rolls.x.shape[0], batch):
-            x, u, m = rolls.x[i : i + batch], rolls.u[i : i + batch], rolls.mask[i : i + batch]
+            idx = order[i : i + batch]
+            T = int(rolls.mask[idx].sum(1).max())
+            x, u, m = rolls.x[idx, :T], rolls.u[idx, :T], rolls.mask[idx, :T]
             steps = m.sum(1).double()
             b = model.bound(x, m, u, generator=gen)
             elbos.append(b.elbo.double() / steps)
