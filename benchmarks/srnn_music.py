@@ -107,6 +107,9 @@ def main() -> None:
                     "seconds": epoch_times[-1], "kl_weight": kl_weight(schedule, step)})
         print(json.dumps(log[-1]), flush=True)
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config_dict(), "model": model.state_dict()}, out / f"srnn_music_{args.dataset}.pt")
     start = time.perf_counter()
     elbo, iwae = per_step_scores(model, test, args.iwae_samples, args.eval_batch, args.seed + 1)
     result = {
@@ -115,10 +118,7 @@ def main() -> None:
         "seconds_per_epoch": sum(epoch_times) / len(epoch_times), "eval_seconds": time.perf_counter() - start,
         "threads": args.threads, "log": log,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / f"srnn_music_{args.dataset}.json").write_text(json.dumps(result, indent=1))
-    torch.save({"config": model.config_dict(), "model": model.state_dict()}, out / f"srnn_music_{args.dataset}.pt")
     print(json.dumps({k: v for k, v in result.items() if k != "log"}))
 
 

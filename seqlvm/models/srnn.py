@@ -56,6 +56,9 @@ from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
 LOG_2PI = math.log(2.0 * math.pi)
 LIKELIHOODS = ("bernoulli", "gaussian")
 INFERENCES = ("smooth", "filter")
+# Sequence-steps per IWAE chunk: memory grows with samples x batch x length (every step keeps
+# its projected contexts, 2 x hidden_dim wide), so the default chunk divides this by B * T.
+CHUNK_STEPS = 2**17
 
 
 @dataclass
@@ -545,14 +548,14 @@ class SRNN(SequenceModel):
         ``log (1/K) sum_k w_k``, ``log w_k = sum_t [log p(x_t | z^k_t, d_t) + log p(z^k_t | z^k_{t-1}, d_t)
         - log q(z^k_t | z^k_{t-1}, a_t)]`` with the K = ``num_samples`` trajectories drawn from the
         sequential proposal q. A lower bound that rises with K towards log p(x_obs); K = 1 equals
-        the ELBO in expectation. The samples run ``chunk_size`` at a time (default: as many as keep
-        the batch of one chunk at or below 4096 sequences), so memory stays bounded for any K.
-        Runs without gradients.
+        the ELBO in expectation. The samples run ``chunk_size`` at a time, so memory stays bounded
+        for any K: by default as many as keep a chunk at or below ``CHUNK_STEPS`` = 2^17
+        sequence-steps (chunk_size * B * T), about 2 GB at the music sizes. Runs without gradients.
         """
         x, observed, u = self._inputs(x, mask, u, "log_likelihood")
         self._check_count(num_samples, "num_samples", "log_likelihood")
         if chunk_size is None:
-            chunk_size = max(1, 4096 // x.shape[0])
+            chunk_size = max(1, CHUNK_STEPS // (x.shape[0] * x.shape[1]))
         self._check_count(chunk_size, "chunk_size", "log_likelihood")
         with torch.no_grad():
             parts = []

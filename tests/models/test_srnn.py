@@ -280,3 +280,16 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         m.filter(x)
     with pytest.raises(ValueError, match="method must be"):
         m.impute(x, method="both")
+
+
+def test_default_iwae_chunks_bound_the_memory(monkeypatch):
+    """The default chunk holds at most CHUNK_STEPS sequence-steps, so long sequences get fewer samples per chunk."""
+    import seqlvm.models.srnn as srnn_module
+
+    m = model()
+    seen = []
+    run = m._run
+    monkeypatch.setattr(srnn_module, "CHUNK_STEPS", 60)
+    monkeypatch.setattr(m, "_run", lambda x, o, u, s, g: seen.append(s) or run(x, o, u, s, g))
+    m.log_likelihood(binary(2, 10), num_samples=7, generator=gen())
+    assert seen == [3, 3, 1]
