@@ -9,6 +9,7 @@ from typing import Any
 from seqlvm.data.dataset import SPLITS, SequenceDataset, split_indices
 from seqlvm.data.h5 import FORMAT_VERSION, SequenceWriter, write_sequences
 from seqlvm.data.masks import MaskSpec, block_mask, parse_mask_spec, random_mask
+from seqlvm.data.polyphonic import PianoRolls, load_polyphonic  # noqa: F401  (local piano-roll files)
 
 __all__ = [
     "FORMAT_VERSION", "SPLITS", "MaskSpec", "SequenceDataset", "SequenceWriter", "block_mask",

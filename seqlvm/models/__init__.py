@@ -2,6 +2,7 @@
 
 from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
 from seqlvm.models.lgssm import LGSSM, LGSSMConfig
+from seqlvm.models.srnn import SRNN, SRNNConfig
 
 __all__ = [
     "ELBO",
@@ -10,12 +11,14 @@ __all__ = [
     "SequenceModel",
     "LGSSM",
     "LGSSMConfig",
+    "SRNN",
+    "SRNNConfig",
     "MODELS",
     "get_model_class",
 ]
 
 # name -> model class, for the Trainer, checkpoints and the command line.
-MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM}
+MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM, "srnn": SRNN}
 
 
 def get_model_class(name: str) -> type[SequenceModel]:
