@@ -5,11 +5,24 @@ Every model is an ``nn.Module`` built from a ``Config`` dataclass and answers th
 - ``elbo(x, mask=None, u=None) -> ELBO``: the training objective and its named terms;
 - ``filter`` / ``smooth``: posteriors over the latents;
 - ``impute(x, mask, u=None, method="smooth"|"filter") -> Imputation``;
-- ``forecast(x_context, horizon, u_future=None, num_samples=..., generator=None) -> Forecast``;
+- ``forecast(x_context, horizon, u_future=None, num_samples=..., generator=None, mask=None, u=None)
+  -> Forecast`` (``mask`` and ``u`` belong to the context, ``u_future`` drives the horizon);
 - ``sample(num_steps, batch_size=1, u=None, generator=None)``;
 - ``log_likelihood(x, mask=None, u=None, num_samples=K)``: exact where possible, else IWAE.
 
 Shapes are batch first: vectors ``(B, T, D)``, video ``(B, T, C, H, W)`` in [0, 1].
+
+Training schedules reach a model through attributes, never through extra ``elbo`` arguments, so
+the protocol stays one signature for every model:
+
+- ``kl_weight`` (float, default 1.0): the weight beta of the KL term in the loss,
+  ``loss = reconstruction + beta * KL``. The Trainer sets it before every step (KL warm-up);
+  models with a KL term multiply by it in ``loss`` and still report the unweighted ``"kl"`` in
+  ``terms``; models without one (LGSSM) never read it.
+
+Config fields that describe the data are named ``obs_dim`` (vector series, D), ``obs_shape``
+(video, ``(C, H, W)``) and ``control_dim`` (A, 0 for none), so that training can fill them in from
+a data file and check a file against a trained model.
 """
 
 from __future__ import annotations
@@ -84,9 +97,14 @@ class SequenceModel(nn.Module):
     """Base class of the models: holds the ``Config`` and rebuilds a model from a plain dict.
 
     Subclasses set ``config_class`` and take the config as their only constructor argument.
+
+    kl_weight: weight of the KL term in ``elbo(...).loss`` (see the module docstring); a plain
+               attribute, not a buffer, because the schedule that sets it is part of the training
+               state, not of the model.
     """
 
     config_class: ClassVar[type]
+    kl_weight: float = 1.0
 
     def __init__(self, config: Any) -> None:
         super().__init__()
