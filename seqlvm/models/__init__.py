@@ -1,6 +1,7 @@
 """Sequential latent-variable models sharing one protocol (see ``seqlvm.models.base``)."""
 
 from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
+from seqlvm.models.kvae import KVAE, KVAEConfig
 from seqlvm.models.lgssm import LGSSM, LGSSMConfig
 
 __all__ = [
@@ -10,12 +11,14 @@ __all__ = [
     "SequenceModel",
     "LGSSM",
     "LGSSMConfig",
+    "KVAE",
+    "KVAEConfig",
     "MODELS",
     "get_model_class",
 ]
 
 # name -> model class, for the Trainer, checkpoints and the command line.
-MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM}
+MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM, "kvae": KVAE}
 
 
 def get_model_class(name: str) -> type[SequenceModel]:
