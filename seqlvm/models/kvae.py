@@ -59,6 +59,7 @@ __all__ = ["KVAE", "KVAEConfig", "KVAEPosterior", "KVAESamples", "AlphaNetwork"]
 
 Z_TERMS = ("exact", "joint_sample", "marginal")
 DECODERS = ("bernoulli", "gaussian")
+NETWORK_DTYPES = ("float32", "bfloat16")
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -85,6 +86,9 @@ class KVAEConfig:
                      mode always uses 1.
     z_term:          ``"exact"``, ``"joint_sample"`` or ``"marginal"`` (module docstring).
     method:          Kalman method, ``"sequential"`` or ``"parallel"``.
+    network_dtype:   ``"float32"``, or ``"bfloat16"`` to run the frame encoder and decoder under
+                     autocast (about 3x faster on CPUs with bf16 units; the Kalman part and the
+                     log-densities stay in the model's dtype).
     """
 
     obs_shape: tuple[int, int, int] | None = None
@@ -104,6 +108,7 @@ class KVAEConfig:
     recon_weight: float = 0.3
     z_term: str = "exact"
     method: str = "sequential"
+    network_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.obs_shape is not None:
@@ -122,7 +127,7 @@ class KVAEConfig:
                 raise ValueError(f"KVAEConfig: {name} must be a number > 0; got {v!r}")
         if not isinstance(self.init_kf_std, (int, float)) or self.init_kf_std < 0:
             raise ValueError(f"KVAEConfig: init_kf_std must be a number >= 0; got {self.init_kf_std!r}")
-        for name, options in (("decoder", DECODERS), ("z_term", Z_TERMS), ("method", ("sequential", "parallel"))):
+        for name, options in (("decoder", DECODERS), ("z_term", Z_TERMS), ("method", ("sequential", "parallel")), ("network_dtype", NETWORK_DTYPES)):
             if getattr(self, name) not in options:
                 raise ValueError(f"KVAEConfig: {name} must be one of {options}; got {getattr(self, name)!r}")
 
@@ -260,17 +265,24 @@ class KVAE(SequenceModel):
         return x, observed, u
 
     # -- the networks ----------------------------------------------------------------------------
+    def _network_precision(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.network_dtype == "bfloat16")
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(a_t | x_t): frames (B, T, C, H, W) -> mean, var (B, T, dim_a)."""
         B, T = x.shape[:2]
-        mean, var = self.a_head(self.encoder(x.flatten(0, 1)))
+        with self._network_precision(x.device):
+            features = self.encoder(x.flatten(0, 1))
+        mean, var = self.a_head(features.to(x.dtype))
         return mean.view(B, T, -1), var.view(B, T, -1)
 
     def decode(self, a: Tensor) -> Tensor:
         """Codes (..., dim_a) -> pixel logits (..., C, H, W) (Bernoulli logits, or the logit of
         the Gaussian decoder's mean)."""
         lead = a.shape[:-1]
-        return self.decoder(a.reshape(-1, a.shape[-1])).view(*lead, *self.config.obs_shape)
+        with self._network_precision(a.device):
+            logits = self.decoder(a.reshape(-1, a.shape[-1]))
+        return logits.to(a.dtype).reshape(*lead, *self.config.obs_shape)
 
     def frame_log_likelihood(self, x: Tensor, a: Tensor) -> Tensor:
         """log p(x_t | a_t) summed over pixels: x (..., C, H, W), a (..., dim_a) -> (...)."""
@@ -357,10 +369,12 @@ class KVAE(SequenceModel):
     ) -> Tensor:
         """log p(a_obs, z | u) = log N(z_0; m0, P0) + sum_{t>=1} log N(z_t; A_t z_{t-1} + B_t u_t, Q)
         + sum_t mask_t log N(a_t; C_t z_t, R), per sequence (B,), for a (B, T, dim_a), z (B, T, n)."""
-        q, r, s0 = self.config.transition_noise, self.config.emission_noise, self.config.init_noise
+        # The variances from the buffers, not the config: they must be the (rounded) values the
+        # filter used, or the z-terms disagree by the rounding of 0.08 to the buffers' dtype.
+        q, r, s0 = self.Q[0, 0], self.R[0, 0], self.P0[0, 0]
 
-        def iso(res: Tensor, var: float) -> Tensor:  # log N(res; 0, var I) over the last dim
-            return -0.5 * (res.pow(2).sum(-1) / var + res.shape[-1] * (LOG_2PI + math.log(var)))
+        def iso(res: Tensor, var: Tensor) -> Tensor:  # log N(res; 0, var I) over the last dim
+            return -0.5 * (res.pow(2).sum(-1) / var + res.shape[-1] * (LOG_2PI + torch.log(var)))
 
         mean = matvec(params.A[:, 1:], z[:, :-1])
         if params.B is not None:
@@ -519,9 +533,10 @@ class KVAE(SequenceModel):
             raise ValueError(f"KVAE.forecast: horizon must be an int >= 1; got {horizon!r}")
         if not isinstance(num_samples, int) or num_samples < 0:
             raise ValueError(f"KVAE.forecast: num_samples must be an int >= 0; got {num_samples!r}")
-        post = self.filter(x_context, mask, u)
-        B = post.a.shape[0]
+        x_context, observed, u = self._inputs(x_context, mask, u, "forecast")
+        B = x_context.shape[0]
         u_future = self._future_controls(u_future, B, horizon, "forecast")
+        post = self._posterior(x_context, observed, u, False, "forecast")
         dyn = post.dynamics
         m_last, P_last = post.kalman.means[:, -1], post.kalman.covs[:, -1]
         codes, _ = self._rollout(m_last, dyn.state, dyn.a_next, horizon, u_future, False, generator)
