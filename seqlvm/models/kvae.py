@@ -455,24 +455,40 @@ class KVAE(SequenceModel):
         """p(z_t | a) given the encoder means of the observed frames (kalman: SmootherResult)."""
         return self._posterior(x, mask, u, True, "smooth")
 
-    def impute(
-        self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None, method: str = "smooth"
-    ) -> Imputation:
-        """Fill in missing frames by decoding ``a^_t = C_t m_t`` (models.md §2.6).
+    def impute_codes(
+        self, a: Tensor, observed: Tensor, u: Tensor | None = None, method: str = "smooth"
+    ) -> Tensor:
+        """Codes of every frame from the observed ones: ``a^_t = C_t m_{t|T}`` (``"smooth"``) or
+        ``C_t m_{t|t}`` (``"filter"``; for a missing frame the open-loop prediction).
 
-        ``method="smooth"`` uses ``m_{t|T}`` (all observed frames), ``"filter"`` uses ``m_{t|t}``
-        (frames up to t; for a missing frame the open-loop prediction). Returns, with shapes
-        (B, T, C, H, W): ``mean`` = x on observed frames and the decoded mean elsewhere;
-        ``probs`` (Bernoulli) = the decoded probabilities of every frame (observed ones are the
-        model's reconstruction); ``std`` (Gaussian) = the decoder's pixel std on missing frames,
-        0 on observed ones.
+        a (B, T, dim_a) encoder means (values at missing frames are ignored), observed (B, T)
+        bool, u (B, T, k) or None -> (B, T, dim_a). The codes do not depend on the mask, so a
+        caller imputing one batch under many masks encodes the frames once.
         """
         if method not in ("smooth", "filter"):
             raise ValueError(f"KVAE.impute: method must be 'smooth' or 'filter'; got {method!r}")
-        post = self._posterior(x, mask, u, method == "smooth", "impute")
-        decoded = self.frame_means(matvec(post.dynamics.params.C, post.kalman.means))
-        keep = post.observed[..., None, None, None]
-        x_clean = torch.where(keep, x.to(decoded), decoded)
+        a = a * observed[..., None]
+        dyn = self.dynamics(a, observed, u)
+        run = kalman_smoother if method == "smooth" else kalman_filter
+        return matvec(dyn.params.C, run(dyn.params, a, observed, u, self.config.method).means)
+
+    def impute(
+        self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None, method: str = "smooth"
+    ) -> Imputation:
+        """Fill in missing frames by decoding ``a^_t = C_t m_t`` (models.md §2.6, :meth:`impute_codes`).
+
+        The observed frames are encoded to their means. Returns, with shapes (B, T, C, H, W):
+        ``mean`` = x on observed frames and the decoded mean elsewhere; ``probs`` (Bernoulli) =
+        the decoded probabilities of every frame (observed ones are the model's
+        reconstruction); ``std`` (Gaussian) = the decoder's pixel std on missing frames, 0 on
+        observed ones.
+        """
+        if method not in ("smooth", "filter"):
+            raise ValueError(f"KVAE.impute: method must be 'smooth' or 'filter'; got {method!r}")
+        x, observed, u = self._inputs(x, mask, u, "impute")
+        decoded = self.frame_means(self.impute_codes(self.encode(x)[0], observed, u, method))
+        keep = observed[..., None, None, None]
+        x_clean = torch.where(keep, x, decoded)
         if self.config.decoder == "bernoulli":
             return Imputation(mean=x_clean, probs=decoded)
         std = (~keep).to(decoded.dtype).expand_as(decoded) * math.sqrt(self.config.pixel_variance)
