@@ -275,3 +275,39 @@ def test_bad_inputs_raise_before_any_work():
         model.forecast(x, 0)
     with pytest.raises(ValueError, match="num_samples"):
         model.log_likelihood(x, num_samples=0)
+
+
+class _Frames(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i]}
+
+
+def test_recipe_trains_with_the_alpha_network_frozen_first(tmp_path):
+    """configs/kvae_box.toml drives the Trainer: the alpha-LSTM stays at its initial values in the
+    frozen first stage (one epoch here) while the base matrices move, and joins afterwards."""
+    from pathlib import Path
+
+    from seqlvm.train import TrainConfig, Trainer
+
+    recipe = TrainConfig.from_toml(Path(__file__).parents[2] / "configs" / "kvae_box.toml")
+    assert (recipe.lr, recipe.batch_size, recipe.epochs, recipe.grad_clip) == (0.007, 32, 80, 150.0)
+    assert recipe.freeze == {"alpha_net.*": 10} and recipe.model_config["recon_weight"] == 0.3
+    config = dataclasses.replace(
+        recipe, batch_size=4, epochs=2, freeze={"alpha_net.*": 1}, out_dir=str(tmp_path),
+        progress=False, tensorboard=False, device="cpu",
+        model_config={**recipe.model_config, **TINY, "network_dtype": "float32"},
+    )
+    model = KVAE(KVAEConfig(**config.model_config))
+    lstm0, A0 = model.alpha_net.lstm.weight_hh_l0.detach().clone(), model.A_k.detach().clone()
+    trainer = Trainer(dataclasses.replace(config, epochs=1), model, _Frames(moving_dots(8, 6)))
+    trainer.fit()
+    torch.testing.assert_close(model.alpha_net.lstm.weight_hh_l0, lstm0)
+    assert not torch.allclose(model.A_k, A0)
+    Trainer(config, model, _Frames(moving_dots(8, 6))).fit(resume=True)
+    assert not torch.allclose(model.alpha_net.lstm.weight_hh_l0, lstm0)
