@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from seqlvm.kalman import LGSSMParams
 from seqlvm.models import MODELS, KVAE, KVAEConfig
 from tests.kalman.dense import dense_moments
 
@@ -311,3 +310,15 @@ def test_recipe_trains_with_the_alpha_network_frozen_first(tmp_path):
     assert not torch.allclose(model.A_k, A0)
     Trainer(config, model, _Frames(moving_dots(8, 6))).fit(resume=True)
     assert not torch.allclose(model.alpha_net.lstm.weight_hh_l0, lstm0)
+
+
+def test_bfloat16_networks_give_the_same_bound_to_rounding():
+    x = moving_dots(2, 5)
+    exact, fast = tiny().eval(), tiny(network_dtype="bfloat16").eval()
+    fast.load_state_dict(exact.state_dict())
+    torch.manual_seed(6)
+    ref = exact.elbo(x).terms["elbo"]
+    torch.manual_seed(6)
+    out = fast.elbo(x)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.terms["elbo"], ref, rtol=0.02, atol=0.0)
