@@ -18,9 +18,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrameDecoder", "FrameEncoder", "check_frame_shape"]
+__all__ = ["FrameDecoder", "FrameEncoder", "check_frame_shape", "glorot_init"]
 
 NUM_STAGES = 3  # halvings in the encoder, doublings in the decoder
+
+
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every Linear and Conv2d in ``module``.
+
+    These are TensorFlow's defaults, which the KVAE reference was tuned with. PyTorch's default
+    (Kaiming-uniform with a = sqrt(5)) starts the 512 -> dim_a code layer about 2.5x narrower, so
+    the initial codes drown in the encoder noise, the decoder learns to ignore them and the
+    posterior collapses in the first hundred steps.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def check_frame_shape(shape: tuple[int, ...], owner: str) -> tuple[int, int, int]:
@@ -45,6 +59,7 @@ class FrameEncoder(nn.Module):
             layers += [nn.Conv2d(c if i == 0 else channels, channels, 3, stride=2, padding=1), nn.ReLU()]
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_features = channels * (h >> NUM_STAGES) * (w >> NUM_STAGES)
+        glorot_init(self)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,6 +86,7 @@ class FrameDecoder(nn.Module):
         for _ in range(NUM_STAGES):
             stages += [nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.ReLU(), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*stages, nn.Conv2d(channels, c, 1))
+        glorot_init(self)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, a: Tensor) -> Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from seqlvm.nn.frames import glorot_init
+
 __all__ = ["GaussianHead"]
 
 
@@ -27,6 +29,7 @@ class GaussianHead(nn.Module):
         self.mean = nn.Linear(in_features, out_features)
         self.raw_var = nn.Linear(in_features, out_features)
         self.max_var, self.min_var = max_var, min_var
+        glorot_init(self)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """h (..., F) -> mean (..., D), var (..., D)."""
