@@ -45,3 +45,14 @@ def test_bad_frame_shapes_name_the_problem():
         GaussianHead(3, 2, max_var=0.0)
     with pytest.raises(ValueError, match="dim_in"):
         FrameDecoder(0, (1, 8, 8))
+
+
+def test_glorot_init_matches_tensorflow_defaults():
+    """Weights within the Glorot-uniform bound sqrt(6 / (fan_in + fan_out)), biases zero."""
+    dec = FrameDecoder(2, (1, 32, 32))
+    for m in dec.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
+            assert float(m.weight.abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5
+            assert float(m.bias.abs().max()) == 0.0
