@@ -19,7 +19,7 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train, valid, test or all."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sequences per batch."),
     json_out: Optional[Path] = typer.Option(
-        None, "--json", help="Where to write the metrics as JSON [default: RUN/eval_SPLIT.json]."
+        None, "--json", help="Where to write the metrics as JSON (default: RUN/eval_SPLIT.json)."
     ),
 ) -> None:
     """The negative ELBO, each of its terms and the log-likelihood (per sequence and per step)."""

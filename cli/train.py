@@ -46,7 +46,7 @@ def train(
     model: str = typer.Argument(..., help="Registered model name, e.g. lgssm."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="HDF5 data file (repeat for several)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig options."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: runs/MODEL]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/MODEL)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from ckpt/last.pt."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (torchrun, DDP)."),
     assignments: Optional[list[str]] = typer.Option(

@@ -208,3 +208,18 @@ def test_device_resolution():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_metrics_reach_tensorboard_when_it_is_installed(make_config, data, monkeypatch):
+    scalars = []
+
+    class Writer:
+        def add_scalar(self, name, value, step):
+            scalars.append((name, step))
+
+        def close(self):
+            scalars.append(("closed", -1))
+
+    monkeypatch.setattr("seqlvm.train.metrics._summary_writer", lambda log_dir: Writer())
+    fit(make_config(max_steps=2, tensorboard=True), data)
+    assert ("train/loss", 1) in scalars and ("valid/loss", 2) in scalars and scalars[-1] == ("closed", -1)
