@@ -185,11 +185,11 @@ class KVAEPosterior(NamedTuple):
 
 
 class KVAESamples(NamedTuple):
-    """Generated sequences: frames (B, T, C, H, W) decoder means, codes a (B, T, dim_a), states z (B, T, n)."""
+    """Generated sequences, field names as ``seqlvm.kalman.PriorSamples``: states z (B, T, n) and
+    observations (B, T, C, H, W), the decoder means of the generated codes."""
 
-    frames: Tensor
-    a: Tensor
-    z: Tensor
+    states: Tensor
+    observations: Tensor
 
 
 class KVAE(SequenceModel):
@@ -610,5 +610,4 @@ class KVAE(SequenceModel):
             rest_a, rest_z = self._rollout(z0, state, a0, num_steps - 1, None if u is None else u[:, 1:], noise, generator)
             codes.append(rest_a)
             states.append(rest_z)
-        a, z = torch.cat(codes, 1), torch.cat(states, 1)
-        return KVAESamples(self.frame_means(a), a, z)
+        return KVAESamples(torch.cat(states, 1), self.frame_means(torch.cat(codes, 1)))

@@ -204,8 +204,8 @@ def test_forecast_sample_and_log_likelihood_shapes():
     assert fc.samples.shape == (3, 2, 4, 1, 8, 8)
     s1 = model.sample(5, 3, u=torch.zeros(3, 5, 1), generator=torch.Generator().manual_seed(1))
     s2 = model.sample(5, 3, u=torch.zeros(3, 5, 1), generator=torch.Generator().manual_seed(1))
-    assert s1.frames.shape == (3, 5, 1, 8, 8) and s1.a.shape == (3, 5, 2) and s1.z.shape == (3, 5, 4)
-    torch.testing.assert_close(s1.frames, s2.frames)
+    assert s1.observations.shape == (3, 5, 1, 8, 8) and s1.states.shape == (3, 5, 4)
+    torch.testing.assert_close(s1.observations, s2.observations)
     with torch.no_grad():
         ll = model.log_likelihood(x, u=u, num_samples=4)
     assert ll.shape == (2,) and bool(torch.isfinite(ll).all())
