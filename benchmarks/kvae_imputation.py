@@ -139,8 +139,9 @@ def docs_figures(model: KVAE, x: torch.Tensor, states: torch.Tensor | None, out:
     shown = sel * mask[..., None, None, None] + 0.5 * (~mask)[..., None, None, None]  # grey = missing
     rows = [hstack_videos([sel[i], shown[i], smooth[i], filt[i]]) for i in range(4)]
     save_gif(np.concatenate(rows, axis=1), out / f"kvae_{name}_imputation.gif", fps=4, scale=2)
-    generated = model.forecast(sel, 80 - x.shape[1]).probs
-    video = torch.cat([sel, generated], dim=1)
+    # 80 frames: the first 4 observed, then the deterministic rollout (the reference's generation).
+    generated = model.forecast(sel[:, :PREFIX], 80 - PREFIX).probs
+    video = torch.cat([sel[:, :PREFIX], generated], dim=1)
     save_gif(hstack_videos(list(video)), out / f"kvae_{name}_generation.gif", fps=8, scale=2)
     summary = ""
     if states is not None:
