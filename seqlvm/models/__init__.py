@@ -1,6 +1,7 @@
 """Sequential latent-variable models sharing one protocol (see ``seqlvm.models.base``)."""
 
 from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
+from seqlvm.models.kvae import KVAE, KVAEConfig
 from seqlvm.models.lgssm import LGSSM, LGSSMConfig
 from seqlvm.models.srnn import SRNN, SRNNConfig
 
@@ -11,6 +12,8 @@ __all__ = [
     "SequenceModel",
     "LGSSM",
     "LGSSMConfig",
+    "KVAE",
+    "KVAEConfig",
     "SRNN",
     "SRNNConfig",
     "MODELS",
@@ -18,7 +21,7 @@ __all__ = [
 ]
 
 # name -> model class, for the Trainer, checkpoints and the command line.
-MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM, "srnn": SRNN}
+MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM, "kvae": KVAE, "srnn": SRNN}
 
 
 def get_model_class(name: str) -> type[SequenceModel]:
