@@ -25,7 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from seqlvm.io import atomic_write_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "linear")
+LR_SCHEDULES = ("constant", "cosine", "linear", "step")
 DTYPES = ("float32", "float64")
 
 
@@ -94,13 +94,20 @@ class TrainConfig:
 
     lr_schedule: str = "constant"
     """Learning rate after warm-up: ``"constant"``, ``"cosine"`` or ``"linear"`` decay to
-    ``lr * lr_min_factor`` at the last step."""
+    ``lr * lr_min_factor`` at the last step, or ``"step"``: multiplied by ``lr_step_factor``
+    every ``lr_step_epochs`` epochs (a staircase, as in the KVAE recipe)."""
 
     lr_warmup_steps: int = 0
     """Steps of linear learning-rate warm-up from 0 to ``lr``."""
 
     lr_min_factor: float = 0.0
     """Final learning rate of the decaying schedules, as a fraction of ``lr``."""
+
+    lr_step_epochs: int = 1
+    """Epochs between two decays of the ``"step"`` schedule."""
+
+    lr_step_factor: float = 1.0
+    """Multiplier of the learning rate at each decay of the ``"step"`` schedule."""
 
     grad_clip: float = 0.0
     """Clip the global gradient norm (over all parameters) to this value; ``0`` disables."""
@@ -270,6 +277,8 @@ def _check_values(config: TrainConfig) -> None:
     need(config.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {list(LR_SCHEDULES)}")
     need(config.lr_warmup_steps >= 0, "lr_warmup_steps", ">= 0")
     need(0 <= config.lr_min_factor <= 1, "lr_min_factor", "in [0, 1]")
+    need(config.lr_step_epochs >= 1, "lr_step_epochs", ">= 1")
+    need(0 < config.lr_step_factor <= 1, "lr_step_factor", "in (0, 1]")
     need(config.grad_clip >= 0, "grad_clip", ">= 0")
     need(config.kl_warmup_steps >= 0, "kl_warmup_steps", ">= 0")
     need(0 <= config.kl_weight_start <= 1, "kl_weight_start", "in [0, 1]")

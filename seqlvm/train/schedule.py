@@ -15,11 +15,13 @@ from torch import nn
 from seqlvm.train.config import TrainConfig
 
 
-def lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+def lr_factor(config: TrainConfig, total_steps: int, steps_per_epoch: int = 1) -> Callable[[int], float]:
     """The multiplier of ``config.lr`` at each step, for ``torch.optim.lr_scheduler.LambdaLR``.
 
     Linear warm-up over ``lr_warmup_steps`` (factor ``(s + 1) / warmup``), then ``constant`` 1,
-    or a ``cosine`` / ``linear`` decay from 1 to ``lr_min_factor`` at step ``total_steps``.
+    a ``cosine`` / ``linear`` decay from 1 to ``lr_min_factor`` at step ``total_steps``, or the
+    ``step`` staircase ``lr_step_factor ** (epoch // lr_step_epochs)`` with
+    ``epoch = step // steps_per_epoch``.
     """
     warmup = config.lr_warmup_steps
     floor = config.lr_min_factor
@@ -28,6 +30,8 @@ def lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if config.lr_schedule == "step":
+            return config.lr_step_factor ** ((step // steps_per_epoch) // config.lr_step_epochs)
         progress = min((step - warmup) / decay_steps, 1.0)
         if config.lr_schedule == "cosine":
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

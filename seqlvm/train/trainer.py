@@ -151,7 +151,7 @@ class Trainer:
         params = [p for name, p in model.named_parameters() if name in self._trainable]
         self.optimizer = _optimizer(config, params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(config, self.total_steps)
+            self.optimizer, lr_factor(config, self.total_steps, self.steps_per_epoch)
         )
 
         self.step = 0

@@ -45,6 +45,8 @@ def test_overrides_parse_toml_values_and_bare_strings():
     ("batch_size=0", ValueError, "batch_size must be positive"),
     ("device=tpu", ValueError, "device must be"),
     ("freeze.a=x", TypeError, "freeze must be a table of integers"),
+    ("lr_step_factor=1.5", ValueError, "lr_step_factor must be in"),
+    ("lr_step_epochs=0", ValueError, "lr_step_epochs must be >= 1"),
 ])
 def test_bad_overrides_name_the_key(assignment, error, message):
     with pytest.raises(error, match=message):
@@ -70,6 +72,10 @@ def test_learning_rate_schedules():
     linear = lr_factor(TrainConfig(lr_schedule="linear"), 10)
     assert linear(5) == pytest.approx(0.5)
     assert lr_factor(TrainConfig(), 10)(9) == 1.0
+    # The KVAE recipe's staircase: x0.85 every 20 epochs of 156 steps.
+    stairs = lr_factor(TrainConfig(lr_schedule="step", lr_step_epochs=20, lr_step_factor=0.85), 80 * 156, 156)
+    assert [stairs(e * 156) for e in (0, 19, 20, 39, 40, 79)] == [1.0, 1.0, 0.85, 0.85, 0.85**2, 0.85**3]
+    assert stairs(20 * 156 - 1) == 1.0
 
 
 def test_kl_weight_is_one_without_warmup():
