@@ -9,7 +9,6 @@ What is timed, per case (Bt, T, n, m), dtype and implementation:
 Implementations:
 
 * ``seqlvm-seq`` / ``seqlvm-par``: ``seqlvm.kalman`` with ``method="sequential"`` / ``"parallel"``.
-  These rows appear automatically once ``seqlvm.kalman`` exports the API.
 * ``loop``: a textbook per-step PyTorch filter and RTS smoother written below, batched over Bt,
   ``torch.linalg.solve`` for every inverse, autograd for the gradient.
 * ``dynamax``: ``dynamax.linear_gaussian_ssm`` filter / smoother, ``jax.jit`` of ``jax.vmap`` over
@@ -88,6 +87,8 @@ import torch  # noqa: E402
 
 from _timing import FULL, QUICK, Budget, format_table, median_ms  # noqa: E402
 
+from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother  # noqa: E402
+
 Tensor = torch.Tensor
 
 CASES: tuple[tuple[int, int, int, int], ...] = (
@@ -104,22 +105,17 @@ DTYPES = (torch.float32, torch.float64)
 # --------------------------------------------------------------------------------------------
 
 
-class Model(NamedTuple):
-    """Shared LGSSM parameters: A (n,n), C (m,n), Q (n,n), R (m,m), m0 (n,), P0 (n,n)."""
-
-    A: Tensor
-    C: Tensor
-    Q: Tensor
-    R: Tensor
-    m0: Tensor
-    P0: Tensor
-
-    def to(self, dtype: torch.dtype) -> "Model":
-        """The same model in ``dtype``."""
-        return Model(*(p.to(dtype) for p in self))
+# The benchmarked models are shared LGSSMs without controls: A (n,n), C (m,n), Q (n,n), R (m,m),
+# m0 (n,), P0 (n,n); B is always None here.
+MATRICES = ("A", "C", "Q", "R", "m0", "P0")
 
 
-def make_model(n: int, m: int, generator: torch.Generator) -> Model:
+def in_dtype(model: LGSSMParams, dtype: torch.dtype) -> LGSSMParams:
+    """The same model in ``dtype``."""
+    return model._replace(**{k: getattr(model, k).to(dtype) for k in MATRICES})
+
+
+def make_model(n: int, m: int, generator: torch.Generator) -> LGSSMParams:
     """Constant-velocity 2-D tracking for (n, m) = (4, 2); a random stable system otherwise (float64)."""
     f64 = torch.float64
     if (n, m) == (4, 2):
@@ -137,12 +133,12 @@ def make_model(n: int, m: int, generator: torch.Generator) -> Model:
         C = torch.randn(m, n, generator=generator, dtype=f64) / math.sqrt(n)
         Q = 0.1 * torch.eye(n, dtype=f64)
         R = 0.1 * torch.eye(m, dtype=f64)
-    return Model(A, C, Q, R, torch.zeros(n, dtype=f64), torch.eye(n, dtype=f64))
+    return LGSSMParams(A, C, Q, R, torch.zeros(n, dtype=f64), torch.eye(n, dtype=f64))
 
 
-def simulate(model: Model, batch: int, steps: int, generator: torch.Generator) -> Tensor:
+def simulate(model: LGSSMParams, batch: int, steps: int, generator: torch.Generator) -> Tensor:
     """Observations x (batch, steps, m) drawn from ``model``, in its dtype."""
-    A, C, Q, R, m0, P0 = model
+    A, C, Q, R, m0, P0 = model[:6]
     n, m = A.shape[0], C.shape[0]
     LQ, LR = torch.linalg.cholesky(Q), torch.linalg.cholesky(R)
     z = m0 + torch.randn(batch, n, generator=generator, dtype=A.dtype) @ torch.linalg.cholesky(P0).T
@@ -183,14 +179,14 @@ def _sym(P: Tensor) -> Tensor:
     return 0.5 * (P + P.transpose(-1, -2))
 
 
-def loop_filter(model: Model, x: Tensor) -> LoopFilter:
+def loop_filter(model: LGSSMParams, x: Tensor) -> LoopFilter:
     """Textbook Kalman filter, one Python step per time index, batched over Bt.
 
     Predict m_{t|t-1} = A m_{t-1|t-1}, P_{t|t-1} = A P A^T + Q (t >= 1; m_{0|-1} = m0, P0);
     update with S = C P C^T + R, K = P C^T S^{-1}, m += K r, P -= K C P;
     log p(x) = sum_t log N(r_t; 0, S_t).
     """
-    A, C, Q, R, m0, P0 = model
+    A, C, Q, R, m0, P0 = model[:6]
     batch, steps, m = x.shape
     mean = m0.expand(batch, -1)
     cov = P0.expand(batch, -1, -1)
@@ -218,7 +214,7 @@ def loop_filter(model: Model, x: Tensor) -> LoopFilter:
     return LoopFilter(stack(means), stack(covs), stack(pred_means), stack(pred_covs), ll)
 
 
-def loop_smoother(model: Model, x: Tensor) -> LoopSmoother:
+def loop_smoother(model: LGSSMParams, x: Tensor) -> LoopSmoother:
     """``loop_filter`` followed by the textbook RTS smoother, one Python step per time index.
 
     J_t = P_{t|t} A^T P_{t+1|t}^{-1}; m_{t|T} = m_{t|t} + J_t (m_{t+1|T} - m_{t+1|t});
@@ -269,7 +265,7 @@ class Impl:
     gate_rtol: float = 1e-6
 
 
-def torch_impl(name: str, model: Model, x: Tensor, smoother: Callable, loglik: Callable) -> Impl:
+def torch_impl(name: str, model: LGSSMParams, x: Tensor, smoother: Callable, loglik: Callable) -> Impl:
     """Wrap torch functions ``smoother(model, x)`` (-> means, log_likelihood) and
     ``loglik(model, x)`` (-> (Bt,) log-likelihood) as an ``Impl``."""
 
@@ -279,7 +275,7 @@ def torch_impl(name: str, model: Model, x: Tensor, smoother: Callable, loglik: C
         return Output(s.log_likelihood.double().numpy(), s.means.double().numpy())
 
     leaves = [p.detach().clone().requires_grad_(True) for p in model[:4]]
-    grad_model = Model(*leaves, model.m0, model.P0)
+    grad_model = model._replace(A=leaves[0], C=leaves[1], Q=leaves[2], R=leaves[3])
 
     def grad() -> list[Tensor]:
         return torch.autograd.grad(loglik(grad_model, x).sum(), leaves)
@@ -287,19 +283,14 @@ def torch_impl(name: str, model: Model, x: Tensor, smoother: Callable, loglik: C
     return Impl(name, smooth, grad)
 
 
-def loop_impl(model: Model, x: Tensor) -> Impl:
+def loop_impl(model: LGSSMParams, x: Tensor) -> Impl:
     """Reference (a): the plain per-step loop above."""
     return torch_impl("loop", model, x, loop_smoother,
                       lambda mod, obs: loop_filter(mod, obs).log_likelihood)
 
 
-def seqlvm_impls(model: Model, x: Tensor) -> list[Impl]:
-    """``seqlvm.kalman`` with both methods; empty while ``seqlvm.kalman`` is not importable."""
-    try:
-        from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother
-    except ImportError:
-        return []
-
+def seqlvm_impls(model: LGSSMParams, x: Tensor) -> list[Impl]:
+    """``seqlvm.kalman`` with both methods."""
     class Smoothed(NamedTuple):
         means: Tensor
         log_likelihood: Tensor
@@ -307,18 +298,18 @@ def seqlvm_impls(model: Model, x: Tensor) -> list[Impl]:
     impls = []
     for method in ("sequential", "parallel"):
 
-        def smoother(mod: Model, obs: Tensor, method: str = method) -> Smoothed:
-            s = kalman_smoother(LGSSMParams(*mod), obs, method=method)
+        def smoother(mod: LGSSMParams, obs: Tensor, method: str = method) -> Smoothed:
+            s = kalman_smoother(mod, obs, method=method)
             return Smoothed(s.means, s.filtered.log_likelihood)  # one call: the filter is inside
 
-        def loglik(mod: Model, obs: Tensor, method: str = method) -> Tensor:
-            return kalman_filter(LGSSMParams(*mod), obs, method=method).log_likelihood
+        def loglik(mod: LGSSMParams, obs: Tensor, method: str = method) -> Tensor:
+            return kalman_filter(mod, obs, method=method).log_likelihood
 
         impls.append(torch_impl(f"seqlvm-{method[:3]}", model, x, smoother, loglik))
     return impls
 
 
-def dynamax_impl(model: Model, x: Tensor) -> Impl | None:
+def dynamax_impl(model: LGSSMParams, x: Tensor) -> Impl | None:
     """Reference (c): dynamax's jit-compiled filter/smoother, vmapped over the batch.
 
     JAX's x64 mode is switched to match ``x``'s dtype before any array is made, because dynamax
@@ -333,7 +324,7 @@ def dynamax_impl(model: Model, x: Tensor) -> Impl | None:
     import jax.numpy as jnp
     from dynamax.linear_gaussian_ssm.inference import lgssm_filter, lgssm_smoother, make_lgssm_params
 
-    A, C, Q, R, m0, P0 = (jnp.asarray(p.numpy()) for p in model)
+    A, C, Q, R, m0, P0 = (jnp.asarray(p.numpy()) for p in model[:6])
     n, m = A.shape[0], C.shape[0]
     ys = jnp.asarray(x.numpy())
     dtype = ys.dtype
@@ -367,7 +358,7 @@ def dynamax_impl(model: Model, x: Tensor) -> Impl | None:
     return Impl("dynamax", smooth, grad, gate_rtol=1e-5)  # see the module docstring
 
 
-def statsmodels_impl(model: Model, x: Tensor) -> Impl | None:
+def statsmodels_impl(model: LGSSMParams, x: Tensor) -> Impl | None:
     """Reference (b): statsmodels' compiled Kalman filter and smoother, one sequence at a time.
 
     Each sequence gets its own ``KalmanSmoother`` with the fixed matrices (selection = I, so
@@ -384,7 +375,7 @@ def statsmodels_impl(model: Model, x: Tensor) -> Impl | None:
         from statsmodels.tsa.statespace import kalman_smoother as sm
     except ImportError:
         return None
-    A, C, Q, R, m0, P0 = (p.numpy() for p in model)
+    A, C, Q, R, m0, P0 = (p.numpy() for p in model[:6])
     n, m = A.shape[0], C.shape[0]
     sequences = [np.ascontiguousarray(seq) for seq in x.numpy()]
 
@@ -465,7 +456,7 @@ def run_case(
     reference_ll: np.ndarray | None = None
     dtypes = sorted(DTYPES, key=lambda d: d != torch.float64)  # float64 first: the gate
     for dtype in dtypes if budget is not None else dtypes[:1]:
-        model, x = model64.to(dtype), x64.to(dtype)
+        model, x = in_dtype(model64, dtype), x64.to(dtype)
         impls = [loop_impl(model, x), *seqlvm_impls(model, x)]
         impls += [i for i in (dynamax_impl(model, x), statsmodels_impl(model, x)) if i is not None]
         outputs = {impl.name: impl.smooth() for impl in impls}

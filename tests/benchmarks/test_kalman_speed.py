@@ -60,7 +60,7 @@ def test_loop_smoother_cross_covariances_match_statsmodels(kalman_speed) -> None
     gen = torch.Generator().manual_seed(1)
     model = kalman_speed.make_model(4, 2, gen)
     x = kalman_speed.simulate(model, 1, 25, gen)
-    A, C, Q, R, m0, P0 = (p.numpy() for p in model)
+    A, C, Q, R, m0, P0 = (p.numpy() for p in model[:6])
     ks = KalmanSmoother(
         k_endog=2, k_states=4, design=C, obs_cov=R, transition=A, state_cov=Q, selection=np.eye(4)
     )
