@@ -29,7 +29,7 @@ from torch import Tensor
 
 from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_chol, sym
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence, linear_recurrence
+from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence
 
 METHODS = ("sequential", "parallel")
 
@@ -242,7 +242,7 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
     """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
     T, Bt, n = prep.steps, prep.batch, prep.n
     x = prep.x
-    C_all, R_all = prep.emission(slice(None))
+    C_all, R_all = prep.emission()
     gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
     K, s = gains.K, gains.steady_from
     C = _full_time(C_all, T)
@@ -256,15 +256,8 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
     if T == 1:
         means = m_first.unsqueeze(1)
     else:
-        F = IKC[:, 1:] @ _full_time(prep.A, T)[:, 1:]
-        if s is not None and s < T - 1:
-            # Steps 1..s-1 vary, steps s..T-1 share F_s: loop the first, solve the rest in blocks.
-            head = linear_recurrence(F[:, : s - 1], g[:, 1:s], m_first) if s > 1 else g[:, :0]
-            start = head[:, -1] if s > 1 else m_first
-            tail = constant_linear_recurrence(F[:, s - 1], g[:, s:], start)
-            rest = torch.cat([head, tail], dim=1)
-        else:
-            rest = linear_recurrence(F, g[:, 1:], m_first, method=method)
+        F = IKC[:, 1:] @ _full_time(prep.A, T)[:, 1:]  # F[:, t - 1] leads into step t
+        rest = steady_linear_recurrence(F, g[:, 1:], m_first, None if s is None else s - 1, method)
         means = torch.cat([m_first.unsqueeze(1), rest], dim=1)
     # One-step predictions and innovations, all steps at once.
     pred = matvec(_full_time(prep.A, T)[:, 1:], means[:, :-1])

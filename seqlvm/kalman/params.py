@@ -88,37 +88,25 @@ class Prepared:
         p = getattr(self, name)
         return p[:, t] if p.shape[1] > 1 else p[:, 0]
 
-    def control(self, t: int) -> Tensor | None:
-        """The control offset ``B_t u_t`` at step t, shape (Bt, n), or None."""
-        if self.B is None:
-            return None
-        return (self.at("B", t) @ self.u[:, t, :, None]).squeeze(-1)
-
     def controls(self) -> Tensor | None:
         """All control offsets ``B_t u_t``, shape (Bt, T, n), or None."""
         if self.B is None:
             return None
         return (self.B @ self.u[..., None]).squeeze(-1)
 
-    def emission(self, t: int | slice) -> tuple[Tensor, Tensor]:
-        """(C_t, R_t) projected onto the observed entries at step(s) t.
+    def emission(self) -> tuple[Tensor, Tensor]:
+        """(C_t, R_t) of every step, projected onto the observed entries.
 
         A missing entry i gets a zero row in C and a unit, uncorrelated variance in R, so its
         innovation is exactly 0, its gain column is 0 and it adds exactly 0 to the log-density
-        once the observed count is used for the 2*pi term. With ``t`` an int the result is
-        (b, m, n), (b, m, m); with a slice it keeps the time axis.
+        once the observed count is used for the 2*pi term. Returns (b, T', m, n), (b, T', m, m),
+        with b = Bt and T' = T when anything is missing.
         """
-        if isinstance(t, int):
-            C, R = self.at("C", t), self.at("R", t)
-            obs = None if self.observed is None else self.observed[:, t]
-        else:
-            C, R = self.C, self.R
-            obs = None if self.observed is None else self.observed[:, t]
-        if obs is None:
-            return C, R
-        o = obs.to(C.dtype)
-        C = C * o[..., :, None]
-        R = R * (o[..., :, None] * o[..., None, :]) + torch.diag_embed(1.0 - o)
+        if self.observed is None:
+            return self.C, self.R
+        o = self.observed.to(self.C.dtype)
+        C = self.C * o[..., :, None]
+        R = self.R * (o[..., :, None] * o[..., None, :]) + torch.diag_embed(1.0 - o)
         return C, R
 
     def observed_count(self) -> Tensor | float:

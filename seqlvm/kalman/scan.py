@@ -72,6 +72,8 @@ def linear_recurrence(
     ``reverse=True`` the recursion runs backwards: ``h_t = F_t h_{t+1} + g_t``, starting from
     h0 after the last step. ``method="parallel"`` uses :func:`associative_scan`.
     """
+    if g.shape[1] == 0:
+        return g
     if reverse:
         return linear_recurrence(F.flip(1), g.flip(1), h0, method).flip(1)
     if method == "parallel":
@@ -86,6 +88,33 @@ def linear_recurrence(
         h = (F[:, t] @ h.unsqueeze(-1)).squeeze(-1) + g[:, t]
         out.append(h)
     return torch.stack(out, dim=1)
+
+
+def steady_linear_recurrence(
+    F: Tensor,
+    g: Tensor,
+    h0: Tensor,
+    steady_from: int | None,
+    method: str = "sequential",
+    reverse: bool = False,
+) -> Tensor:
+    """:func:`linear_recurrence` where ``F[:, t]`` is one matrix for every ``t >= steady_from``.
+
+    The varying steps go to :func:`linear_recurrence`, the steady stretch to
+    :func:`constant_linear_recurrence` (exact, in blocks). Forwards the varying steps come first;
+    with ``reverse=True`` the recursion starts in the steady stretch at the end. ``steady_from``
+    None (or past the end) means nothing is steady. Shapes as for :func:`linear_recurrence`.
+    """
+    k = steady_from
+    if k is None or k >= g.shape[1]:
+        return linear_recurrence(F, g, h0, method, reverse)
+    if reverse:
+        tail = constant_linear_recurrence(F[:, k], g[:, k:], h0, reverse=True)
+        head = linear_recurrence(F[:, :k], g[:, :k], tail[:, 0], method, reverse=True)
+    else:
+        head = linear_recurrence(F[:, :k], g[:, :k], h0, method)
+        tail = constant_linear_recurrence(F[:, k], g[:, k:], head[:, -1] if k > 0 else h0)
+    return torch.cat([head, tail], dim=1)
 
 
 def _powers(F: Tensor, count: int) -> Tensor:

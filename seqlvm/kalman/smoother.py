@@ -21,7 +21,7 @@ from torch import Tensor
 from seqlvm.kalman.filter import STEADY_CHECK_EVERY, FilterResult, check_method, run_filter
 from seqlvm.kalman.linalg import converged, matvec, safe_cholesky, sym
 from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import associative_scan, constant_linear_recurrence, linear_recurrence
+from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence
 
 
 class SmootherResult(NamedTuple):
@@ -145,14 +145,8 @@ def _smooth_sequential(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -
     E, g, Lc = kernel.E, kernel.g, kernel.L
     T = g.shape[1] + 1
     s = kernel.steady_from if kernel.steady_from is not None else T - 1
-    # Means: steady stretch t = s..T-2 in blocks, then the loop for t < s.
-    if s < T - 1:
-        tail = constant_linear_recurrence(E[:, -1], g[:, s:], m_last, reverse=True)
-        start = tail[:, 0]
-    else:
-        tail, start = m_last.new_zeros(m_last.shape[0], 0, m_last.shape[1]), m_last
-    head = linear_recurrence(E[:, :s], g[:, :s], start, reverse=True) if s > 0 else tail[:, :0]
-    means = torch.cat([head, tail, m_last.unsqueeze(1)], dim=1)
+    back = steady_linear_recurrence(E, g, m_last, kernel.steady_from, reverse=True)
+    means = torch.cat([back, m_last.unsqueeze(1)], dim=1)
 
     # Covariances: loop backwards; inside the steady stretch they converge, then stay put.
     covs = [P_last]
@@ -205,13 +199,7 @@ def sample_posterior(
         E = kernel.E.repeat(S, 1, 1, 1) if kernel.E.shape[0] > 1 else kernel.E
         chol_r = chol.repeat(S, 1, 1, 1) if chol.shape[0] > 1 else chol
         drive = kernel.g.repeat(S, 1, 1) + matvec(chol_r, eps[:, :-1])
-        if steady_from is not None and steady_from < T - 1 and method == "sequential":
-            s = steady_from
-            tail = constant_linear_recurrence(E[:, -1], drive[:, s:], z_last, reverse=True)
-            head = linear_recurrence(E[:, :s], drive[:, :s], tail[:, 0], reverse=True) if s > 0 else tail[:, :0]
-            z_prev = torch.cat([head, tail], dim=1)
-        else:
-            z_prev = linear_recurrence(E, drive, z_last, method=method, reverse=True)
+        z_prev = steady_linear_recurrence(E, drive, z_last, kernel.steady_from, method, reverse=True)
         z = torch.cat([z_prev, z_last.unsqueeze(1)], dim=1)
         log_prob = log_prob + _mvn_logpdf_of_noise(eps[:, :-1], chol_r).sum(-1)
     else:
