@@ -69,11 +69,14 @@ def test_filter_and_smoother_match_dense_gaussian(layout: str, mask_kind: str, k
     observed = make_mask(mask_kind, Bt, T, m)
     dense = dense_moments(params, x, observed, u)
 
-    # Missing entries hold NaN and garbage: neither may leak into any output.
-    x_in = torch.where(observed, x, torch.full_like(x, float("nan")))
-    mask = None if mask_kind == "none" else (observed[..., 0] if mask_kind == "steps" else observed)
-    if mask is not None:
-        x_in = torch.where(observed, x, torch.full_like(x, 1e6))
+    # Missing entries may be marked by NaN alone, or by a mask over garbage values; neither the
+    # NaNs nor the garbage may leak into any output.
+    if mask_kind == "entries":
+        x_in, mask = torch.where(observed, x, torch.full_like(x, float("nan"))), None
+    elif mask_kind == "steps":
+        x_in, mask = torch.where(observed, x, torch.full_like(x, 1e6)), observed[..., 0]
+    else:
+        x_in, mask = x, None
     sm = kalman_smoother(params, x_in, mask=mask, u=u, method=method)
     f = sm.filtered
     tol = dict(atol=1e-9, rtol=1e-9)
