@@ -1,6 +1,6 @@
 """Sequential latent-variable models sharing one protocol (see ``seqlvm.models.base``)."""
 
-from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
+from seqlvm.models.base import ELBO, Forecast, Imputation, RolloutStep, SequenceModel
 from seqlvm.models.kvae import KVAE, KVAEConfig
 from seqlvm.models.lgssm import LGSSM, LGSSMConfig
 from seqlvm.models.srnn import SRNN, SRNNConfig
@@ -9,6 +9,7 @@ __all__ = [
     "ELBO",
     "Forecast",
     "Imputation",
+    "RolloutStep",
     "SequenceModel",
     "LGSSM",
     "LGSSMConfig",

@@ -10,6 +10,17 @@ Every model is an ``nn.Module`` built from a ``Config`` dataclass and answers th
 - ``sample(num_steps, batch_size=1, u=None, generator=None)``;
 - ``log_likelihood(x, mask=None, u=None, num_samples=K)``: exact where possible, else IWAE.
 
+Models that can serve as simulators (``seqlvm.rl``) also step forward one action at a time:
+
+- ``rollout_start(x, u=None, mask=None, num_particles=1, generator=None) -> carry``: condition
+  on a context and draw ``num_particles`` latent states per sequence;
+- ``rollout_step(carry, u_t, generator=None) -> (carry, RolloutStep)``: advance every particle
+  by one step under the action ``u_t`` and decode it.
+
+The carry is opaque to callers (a tuple of tensors); its rows, like every tensor of a
+``RolloutStep``, are the ``N = P·B`` particles ordered particle-major, row ``p·B + b`` (the order
+``Tensor.repeat(P, ...)`` gives), so ``.view(P, B, ...)`` separates them.
+
 Shapes are batch first: vectors ``(B, T, D)``, video ``(B, T, C, H, W)`` in [0, 1].
 
 Training schedules reach a model through attributes, never through extra ``elbo`` arguments, so
@@ -93,6 +104,19 @@ class Forecast(NamedTuple):
         return self.mean + z * self.std
 
 
+class RolloutStep(NamedTuple):
+    """One imagined step of every particle (see ``rollout_step`` in the module docstring).
+
+    observation: (N, *event) the decoded observation: its predictive mean given the sampled latent.
+    latent:      (N, L) the model's latent state after the step (what a reward may read).
+    log_prob:    (N,) log density of the sampled latent transition of this step.
+    """
+
+    observation: Tensor
+    latent: Tensor
+    log_prob: Tensor
+
+
 class SequenceModel(nn.Module):
     """Base class of the models: holds the ``Config`` and rebuilds a model from a plain dict.
 
@@ -121,6 +145,25 @@ class SequenceModel(nn.Module):
         if isinstance(config, dict):
             config = config_from_dict(cls.config_class, config)
         return cls(config)
+
+    def rollout_start(
+        self,
+        x: Tensor,
+        u: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_particles: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Any:
+        """Condition on the context x (B, T, *event) and draw ``num_particles`` latent states per
+        sequence; returns the carry for :meth:`rollout_step` (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be stepped as a simulator (no rollout_start)")
+
+    def rollout_step(
+        self, carry: Any, u: Tensor | None, generator: torch.Generator | None = None
+    ) -> tuple[Any, RolloutStep]:
+        """Advance every particle of ``carry`` by one step under the action u (N, A); returns the new
+        carry and the step's decoded observation, latent and transition log-density."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be stepped as a simulator (no rollout_step)")
 
     def config_dict(self) -> dict[str, Any]:
         """The config as a plain dict (what checkpoints store)."""
