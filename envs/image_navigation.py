@@ -96,6 +96,9 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
         crop:         side of the observed patch.
         step:         pixels between neighbouring cells.
         random_start: start in a uniformly drawn cell instead of the centre cell.
+        exploration_blocked: what :meth:`default_policy` does when a held move meets the border:
+                      ``"bump"`` (default, "with walls") keeps attempting it; ``"stay"`` ("without
+                      walls") records "stay" instead, so every recorded move happens (models.md §5.4).
         render_mode:  ``None`` or ``"rgb_array"`` (the whole image with the crop outlined).
     """
 
@@ -110,6 +113,7 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
         crop: int = 8,
         step: int = 3,
         random_start: bool = False,
+        exploration_blocked: str = "bump",
         render_mode: str | None = None,
     ) -> None:
         for name, value in (("image_size", image_size), ("crop", crop), ("step", step)):
@@ -117,6 +121,8 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
                 raise ValueError(f"{name}: got {value!r}; expected a positive integer")
         if crop > image_size:
             raise ValueError(f"crop: got {crop}; expected at most image_size = {image_size}")
+        if exploration_blocked not in ("bump", "stay"):
+            raise ValueError(f"exploration_blocked: got {exploration_blocked!r}; expected 'bump' or 'stay'")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: got {render_mode!r}; expected None or 'rgb_array'")
         if image is None:
@@ -132,6 +138,7 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
             self._fixed_image = load_image(image, image_size)
         self.image_size, self.crop, self.step_size = int(image_size), int(crop), int(step)
         self.random_start = random_start
+        self.exploration_blocked = exploration_blocked
         self.render_mode = render_mode
         n = (self.image_size - self.crop) // self.step_size + 1
         self.grid_shape = (n, n)
@@ -140,10 +147,10 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
         self.image: np.ndarray | None = None
         self._position = np.zeros(2, dtype=np.int64)
 
-    def default_policy(self, mean_hold: float = 2.0, blocked: str = "bump") -> Policy:
+    def default_policy(self, mean_hold: float = 2.0, blocked: str | None = None) -> Policy:
         """The GTM-SM exploration policy: a random walk holding each move ~Poisson(mean_hold) steps
-        (see :class:`RandomWalkPolicy` for ``blocked``)."""
-        return RandomWalkPolicy(self.grid_shape, self.MOVES, mean_hold, blocked)
+        (see :class:`RandomWalkPolicy` for ``blocked``; default: the env's ``exploration_blocked``)."""
+        return RandomWalkPolicy(self.grid_shape, self.MOVES, mean_hold, blocked or self.exploration_blocked)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start a new episode (with a new procedural image unless one was given)."""

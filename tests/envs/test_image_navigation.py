@@ -147,10 +147,16 @@ def test_random_walk_policy_is_seeded() -> None:
 
 
 @pytest.mark.parametrize("blocked", ["bump", "stay"])
-def test_random_walk_walls_modes(blocked: str) -> None:
-    """"bump" records moves into walls (that leave the agent in place); "stay" never does."""
-    env = ImageNavigationEnv()
-    policy = env.default_policy(mean_hold=6.0, blocked=blocked)
+@pytest.mark.parametrize("through_env", [False, True])
+def test_random_walk_walls_modes(blocked: str, through_env: bool) -> None:
+    """"bump" records moves into walls (that leave the agent in place); "stay" never does. The
+    mode is the policy's argument or, for data generation, the env's ``exploration_blocked``."""
+    if through_env:
+        env = ImageNavigationEnv(exploration_blocked=blocked)
+        policy = env.default_policy(mean_hold=6.0)
+    else:
+        env = ImageNavigationEnv()
+        policy = env.default_policy(mean_hold=6.0, blocked=blocked)
     bumps = 0
     for episode in range(10):
         obs, info = env.reset(seed=episode)
@@ -163,3 +169,5 @@ def test_random_walk_walls_modes(blocked: str) -> None:
     assert (bumps > 0) if blocked == "bump" else (bumps == 0)
     with pytest.raises(ValueError, match="blocked"):
         env.default_policy(blocked="wrap")
+    with pytest.raises(ValueError, match="exploration_blocked"):
+        ImageNavigationEnv(exploration_blocked="wrap")
