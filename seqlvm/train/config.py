@@ -119,6 +119,12 @@ class TrainConfig:
     kl_weight_start: float = 0.0
     """KL weight at step 0 when ``kl_warmup_steps > 0``."""
 
+    init_from: str = ""
+    """Checkpoint (file or run folder) whose model weights start this run instead of a fresh
+    initialisation: fine-tuning, or the next stage of a curriculum. The model must be the same
+    and its config may differ only in fields that keep every parameter's shape (GTM-SM's
+    ``memory_steps`` or ``delta``, say). ``""`` starts from scratch."""
+
     freeze: dict[str, int] = field(default_factory=dict)
     """Staged training: parameter-name glob pattern -> number of epochs it stays frozen, e.g.
     ``{"transition.*" = 5}`` trains everything else first. Every pattern must match a parameter."""

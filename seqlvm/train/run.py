@@ -16,6 +16,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from seqlvm.data import SequenceDataset
 from seqlvm.models import SequenceModel, get_model_class
 from seqlvm.models.base import config_from_dict
+from seqlvm.train.checkpoint import load_checkpoint
 from seqlvm.train.config import TrainConfig
 from seqlvm.train.schedule import check_freeze_patterns
 from seqlvm.train.trainer import Trainer, TrainResult, seed_everything
@@ -86,6 +87,28 @@ def load_split(paths: list[str], split: str, seed: int, with_actions: bool | Non
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
+def load_weights(model: SequenceModel, model_name: str, path: str) -> None:
+    """Start ``model`` from the weights of the checkpoint ``path`` (``init_from``)."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"init_from: {err}") from None
+    if checkpoint["model_name"] != model_name:
+        raise ValueError(f"init_from: {path} holds a {checkpoint['model_name']!r} model; expected {model_name!r}")
+    theirs = checkpoint["model"]
+    ours = model.state_dict()
+    mismatch = sorted(
+        name for name in set(ours) | set(theirs)
+        if name not in ours or name not in theirs or ours[name].shape != theirs[name].shape
+    )
+    if mismatch:
+        raise ValueError(
+            f"init_from: the weights of {path} do not fit this model's config (parameters {mismatch[:4]} "
+            "differ); only fields that keep every parameter's shape may change"
+        )
+    model.load_state_dict(theirs)
+
+
 def prepare(config: TrainConfig) -> tuple[TrainConfig, SequenceModel, Dataset, Dataset | None]:
     """Check everything and build the run's pieces, before any training.
 
@@ -114,6 +137,8 @@ def prepare(config: TrainConfig) -> tuple[TrainConfig, SequenceModel, Dataset, D
         raise ValueError(f"model_config: {err}; set it with --set model_config.NAME=VALUE") from None
     seed_everything(config.seed)
     model = model_class(model_config_obj)
+    if config.init_from:
+        load_weights(model, config.model, config.init_from)
     check_freeze_patterns(model, config.freeze)
     return config, model, train_data, valid_data
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 
 from seqlvm.cli.common import write_video_panels
-from seqlvm.train import load_checkpoint
+from seqlvm.train import TrainConfig, load_checkpoint
+from seqlvm.train.run import prepare
 from tests.cli.helpers import assert_user_error, invoke, write_series
 
 
@@ -35,6 +37,22 @@ def test_train_resume_continues_and_config_file_is_read(tmp_path, series_file):
     result = invoke("train", "toy", "--out", out, "--resume", "--set", "max_steps=5")
     assert result.exit_code == 0, result.stderr
     assert load_checkpoint(out / "ckpt" / "last.pt")["step"] == 5
+
+
+def test_train_init_from_starts_from_the_checkpoint_weights(tmp_path, series_file, trained_run):
+    config = TrainConfig(model="toy", data=[str(series_file)], init_from=str(trained_run), seed=123)
+    model = prepare(config)[1]
+    saved = load_checkpoint(trained_run)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    fresh = prepare(dataclasses.replace(config, init_from=""))[1]
+    assert not all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
+    result = invoke("train", "toy", "--data", series_file, "--out", tmp_path / "stage2", "--set", f"init_from={trained_run}",
+                    "--set", "max_steps=1", "--set", "batch_size=8", "--set", "progress=false", "--set", "device=cpu")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    assert_user_error(invoke("train", "lgssm", "--data", series_file, "--out", tmp_path / "l",
+                             "--set", f"init_from={trained_run}"), "holds a 'toy' model; expected 'lgssm'")
+    assert_user_error(invoke("train", "toy", "--data", series_file, "--out", tmp_path / "m",
+                             "--set", f"init_from={tmp_path / 'none'}"), "init_from: ")
 
 
 def test_evaluate_prints_a_table_and_writes_json(trained_run, series_file, tmp_path):
