@@ -1,6 +1,7 @@
 """Sequential latent-variable models sharing one protocol (see ``seqlvm.models.base``)."""
 
 from seqlvm.models.base import ELBO, Forecast, Imputation, RolloutStep, SequenceModel
+from seqlvm.models.gtmsm import GTMSM, GTMSMConfig
 from seqlvm.models.kvae import KVAE, KVAEConfig
 from seqlvm.models.lgssm import LGSSM, LGSSMConfig
 from seqlvm.models.srnn import SRNN, SRNNConfig
@@ -17,12 +18,14 @@ __all__ = [
     "KVAEConfig",
     "SRNN",
     "SRNNConfig",
+    "GTMSM",
+    "GTMSMConfig",
     "MODELS",
     "get_model_class",
 ]
 
 # name -> model class, for the Trainer, checkpoints and the command line.
-MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM, "kvae": KVAE, "srnn": SRNN}
+MODELS: dict[str, type[SequenceModel]] = {"lgssm": LGSSM, "kvae": KVAE, "srnn": SRNN, "gtmsm": GTMSM}
 
 
 def get_model_class(name: str) -> type[SequenceModel]:

@@ -1,0 +1,291 @@
+"""GTM-SM: states against a hand-rolled transition, the mixture prior against scipy, the memory
+against exact revisits, gradients, masks, the protocol's shapes and errors, and a short training
+run that learns the map of image navigation (affine fit of the states to the true positions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from seqlvm.envs import ImageNavigationEnv, rollout
+from seqlvm.models import MODELS, GTMSM, GTMSMConfig
+
+TINY = dict(channels=(8, 4), z_dim=4, memory_steps=12, kl_samples=4)
+# The exact grid moves of ImageNavigationEnv (0 stay, 1 up, 2 down, 3 left, 4 right) as (row, col).
+GRID = torch.tensor([[0.0, -1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0, 1.0]])
+
+
+def tiny(**overrides) -> GTMSM:
+    torch.manual_seed(0)
+    return GTMSM(GTMSMConfig(**{**TINY, **overrides}))
+
+
+def walks(batch: int, T: int, blocked: str = "stay", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image-navigation episodes: frames (B, T, 3, 8, 8) in [0, 1], one-hot actions (B, T, 5),
+    true positions (B, T, 2)."""
+    env = ImageNavigationEnv(exploration_blocked=blocked)
+    policy = env.default_policy()
+    eps = [rollout(env, policy, T, seed + i, 1000 + seed + i) for i in range(batch)]
+    x = torch.tensor(np.stack([e.observations for e in eps])).permute(0, 1, 4, 2, 3).float() / 255
+    return x, torch.tensor(np.stack([e.actions for e in eps])), torch.tensor(np.stack([e.states for e in eps]))
+
+
+def affine_r2(states: torch.Tensor, truth: torch.Tensor) -> float:
+    """R² of the least-squares affine map from the learned states to the true positions."""
+    s = states.reshape(-1, states.shape[-1]).double().numpy()
+    y = truth.reshape(-1, truth.shape[-1]).double().numpy()
+    design = np.c_[s, np.ones(len(s))]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    res = y - design @ coef
+    return float(1.0 - (res**2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+
+def test_registered_and_config_round_trip():
+    model = tiny()
+    assert MODELS["gtmsm"] is GTMSM
+    again = GTMSM.from_config(model.config_dict())
+    assert again.config == model.config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(obs_shape=(3, 6, 6)), "obs_shape"),
+        (dict(value_type="mean"), "value_type"),
+        (dict(delta=0.0), "delta"),
+        (dict(num_neighbours=0), "num_neighbours"),
+        (dict(channels=()), "channels"),
+        (dict(grid_moves=(4, 3, 1, 9)), "grid_moves"),
+        (dict(walls="yes"), "walls"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        GTMSMConfig(**{**TINY, **overrides})
+
+
+def test_linear_states_follow_the_actions_exactly():
+    _, u, pos = walks(3, 30)
+    model = tiny()
+    with torch.no_grad():
+        model.moves.copy_(GRID)
+    states = model.infer_states(u)
+    assert torch.equal(states[:, 0], torch.zeros(3, 2))
+    torch.testing.assert_close(states, pos - pos[:, :1], rtol=0, atol=1e-5)
+
+
+def test_wall_gate_transition_matches_a_hand_rolled_loop():
+    model = tiny(walls=True).double()
+    g = torch.Generator().manual_seed(3)
+    u = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 9), generator=g), 5).double()
+    states = model.infer_states(u)
+    M = model.moves.detach()
+    for b in range(2):
+        s = torch.zeros(2, dtype=torch.float64)
+        for t in range(1, 9):
+            move = M @ u[b, t]
+            s = s + move * model.gate(s + move)
+            torch.testing.assert_close(states[b, t], s, rtol=1e-12, atol=1e-12)
+    assert model.infer_states(u[:, :1]).abs().max() == 0
+
+
+def test_mixture_prior_matches_scipy():
+    """log p(z | s, m) = log sum_k w_k N(z; mu_k, diag sigma_k^2) over the K nearest keys, with
+    w_k ∝ 1 / (|s - s_k|^2 + delta), against a brute-force numpy/scipy evaluation."""
+    model = tiny(num_neighbours=3, delta=0.05).double()
+    g = torch.Generator().manual_seed(0)
+    B, N, Q, Z = 2, 7, 4, model.config.z_dim
+    keys = torch.randn(B, N, 2, generator=g, dtype=torch.float64)
+    values = torch.randn(B, N, 2 * Z, generator=g, dtype=torch.float64) * 0.5
+    query = torch.randn(B, Q, 2, generator=g, dtype=torch.float64)
+    z = torch.randn(3, B, Q, Z, generator=g, dtype=torch.float64)
+    from seqlvm.models.gtmsm import _Memory
+
+    look = model._lookup(_Memory(keys, values, torch.ones(B, N, dtype=torch.bool)), query)
+    got = model._mixture_log_prob(z, look).numpy()
+    for b in range(B):
+        for q in range(Q):
+            d2 = ((keys[b] - query[b, q]) ** 2).sum(-1).numpy()
+            near = np.argsort(d2)[:3]
+            logw = -np.log(d2[near] + 0.05)
+            logw -= logsumexp(logw)
+            for s in range(3):
+                comps = [
+                    multivariate_normal(values[b, k, :Z].numpy(), np.diag(np.exp(2 * values[b, k, Z:].numpy()))).logpdf(
+                        z[s, b, q].numpy()
+                    )
+                    for k in near
+                ]
+                assert got[s, b, q] == pytest.approx(logsumexp(logw + np.array(comps)), rel=1e-10)
+
+
+def test_frame_likelihood_is_the_gaussian_density():
+    model = tiny(pixel_variance=0.3).double()
+    g = torch.Generator().manual_seed(0)
+    x, mean = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64), torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    expected = [
+        multivariate_normal(mean[i].flatten().numpy(), 0.3 * np.eye(192)).logpdf(x[i].flatten().numpy()) for i in range(2)
+    ]
+    np.testing.assert_allclose(model.frame_log_likelihood(x, mean).numpy(), expected, rtol=1e-12)
+
+
+def test_forecast_of_a_revisited_place_is_the_memorised_frame():
+    """With the true grid as M (so revisits hit stored keys exactly) and a tiny delta, the
+    predicted frame at a memorised position is decoder(mu) of the crop seen there."""
+    x, u, pos = walks(2, 40)
+    model = tiny(memory_steps=30, delta=1e-12).double().eval()
+    with torch.no_grad():
+        model.moves.copy_(GRID)
+    x, u = x.double(), u.double()
+    fc = model.forecast(x[:, :30], 10, u_future=u[:, 30:], u=u[:, :30], num_samples=2)
+    recon = model.decode(model.encode(x)[0])
+    seen = 0
+    for b in range(2):
+        for h in range(10):
+            match = [t for t in range(30) if torch.equal(pos[b, t], pos[b, 30 + h])]
+            if match:
+                seen += 1
+                torch.testing.assert_close(fc.mean[b, h], recon[b, match[0]], rtol=0, atol=1e-6)
+                torch.testing.assert_close(x[b, 30 + h], x[b, match[0]])  # the crop the memory holds
+    assert seen > 0
+    assert fc.samples.shape == (2, 2, 10, 3, 8, 8) and fc.std is None
+
+
+def test_gradients_reach_the_moves_the_gate_and_the_encoder_but_not_missing_frames():
+    x, u, _ = walks(2, 20, blocked="bump")
+    model = tiny(walls=True)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[0, 3] = mask[1, 15] = False
+    x = x.clone().requires_grad_(True)
+    noisy = torch.where(mask[:, :, None, None, None], x, torch.full_like(x, math.nan))
+    model.elbo(noisy, mask=mask, u=u).loss.backward()
+    assert model.moves.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.gate[0].weight.grad.abs().sum() > 0
+    assert model.encoder.mean.weight.grad.abs().sum() > 0
+    assert x.grad[0, 3].abs().sum() == 0 and x.grad[1, 15].abs().sum() == 0
+    assert x.grad[:, :12].abs().sum() > 0  # memorised frames learn through the memory prior
+
+
+def test_missing_frames_change_nothing_but_their_own_terms():
+    x, u, _ = walks(2, 20)
+    model = tiny().eval()
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[:, 16] = False
+    other = torch.where(mask[:, :, None, None, None], x, torch.rand_like(x))
+    torch.manual_seed(5)
+    a = model.elbo(x, mask=mask, u=u)
+    torch.manual_seed(5)
+    b = model.elbo(other, mask=mask, u=u)
+    for name in a.terms:
+        torch.testing.assert_close(a.terms[name], b.terms[name])
+
+
+def test_kl_estimate_matches_the_closed_form_for_one_component():
+    """K = 1 and one memory entry: the mixture is one Gaussian, so KL(q || p) is analytic."""
+    model = tiny(num_neighbours=1, kl_samples=20000, memory_steps=1).double().eval()
+    x, u, _ = walks(1, 2)
+    x, u = x.double(), u.double()
+    torch.manual_seed(0)
+    out = model.elbo(x, u=u)
+    (mq, lq), (mp, lp) = (tuple(t[0, i] for t in model.encode(x)) for i in (1, 0))
+    kl = (lp - lq + (torch.exp(2 * lq) + (mq - mp) ** 2) / (2 * torch.exp(2 * lp)) - 0.5).sum()
+    assert float(out.terms["kl"]) == pytest.approx(float(kl), abs=0.05 * max(1.0, float(kl)))
+
+
+def test_iwae_with_one_sample_is_the_elbo_and_more_samples_tighten_it():
+    """IWAE(1) is an unbiased estimate of the ELBO; IWAE(K) rises with K above it."""
+    x, u, _ = walks(2, 20)
+    model = tiny().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        elbos = torch.stack([model.elbo(x, u=u).terms["elbo"] for _ in range(400)])
+        iwae1 = torch.stack([model.log_likelihood(x, u=u, num_samples=1).mean() for _ in range(400)])
+        iwae = model.log_likelihood(x, u=u, num_samples=500).mean()
+    se = float(torch.sqrt(elbos.var() / 400 + iwae1.var() / 400))
+    assert abs(float(elbos.mean() - iwae1.mean())) < 4 * se
+    assert iwae > elbos.mean() + 2 * se
+
+
+def test_impute_keeps_observed_frames_and_fills_revisits_from_memory():
+    x, u, pos = walks(1, 40)
+    model = tiny(delta=1e-12).double().eval()
+    with torch.no_grad():
+        model.moves.copy_(GRID)
+    x, u = x.double(), u.double()
+    mask = torch.ones(1, 40, dtype=torch.bool)
+    mask[0, 25:] = False
+    recon = model.decode(model.encode(x)[0])
+    for method in ("smooth", "filter"):
+        imp = model.impute(x, mask, u=u, method=method, num_samples=2)
+        torch.testing.assert_close(imp.mean[0, :25], recon[0, :25])
+        for t in range(25, 40):
+            match = [s for s in range(25) if torch.equal(pos[0, s], pos[0, t])]
+            if match:
+                torch.testing.assert_close(imp.mean[0, t], recon[0, match[0]], rtol=0, atol=1e-6)
+        assert imp.samples.shape == (2, 1, 40, 3, 8, 8)
+    # "filter" sees only the past: the first frame, missing, has an empty memory.
+    first_missing = torch.ones(1, 40, dtype=torch.bool)
+    first_missing[0, 0] = False
+    filt = model.impute(x, first_missing, u=u, method="filter")
+    torch.testing.assert_close(filt.mean[0, 0], model.decode(torch.zeros(1, model.config.z_dim, dtype=torch.float64))[0])
+
+
+def test_rollout_is_seeded_and_moves_every_particle_by_the_learned_transition():
+    x, u, _ = walks(2, 16)
+    model = tiny().eval()
+    carry = model.rollout_start(x, u=u, num_particles=3)
+    actions = torch.nn.functional.one_hot(torch.tensor([4, 1, 2, 3, 0, 4]), 5).float()
+    outs = []
+    for seed in (7, 7):
+        g = torch.Generator().manual_seed(seed)
+        carry2, step = model.rollout_step(carry, actions, generator=g)
+        outs.append(step)
+    torch.testing.assert_close(outs[0].observation, outs[1].observation)
+    expected = model.infer_states(u)[:, -1].repeat(3, 1) + actions @ model.moves.T
+    torch.testing.assert_close(outs[0].latent, expected.detach(), rtol=0, atol=0.01)
+    assert outs[0].observation.shape == (6, 3, 8, 8) and outs[0].log_prob.shape == (6,)
+    assert torch.isfinite(outs[0].log_prob).all()
+    with pytest.raises(ValueError, match="u must have shape"):
+        model.rollout_step(carry, actions[:2])
+
+
+def test_inputs_are_checked_by_name():
+    x, u, _ = walks(1, 20)
+    model = tiny()
+    with pytest.raises(ValueError, match="u of shape"):
+        model.elbo(x)
+    with pytest.raises(ValueError, match="memory_steps"):
+        model.elbo(x[:, :12], u=u[:, :12])
+    with pytest.raises(ValueError, match=r"x must have shape \(B, T, 3, 8, 8\)"):
+        model.elbo(x[..., :4], u=u)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        model.elbo(x, mask=torch.ones(1, 19, dtype=torch.bool), u=u)
+    with pytest.raises(ValueError, match="u_future"):
+        model.forecast(x, 3, u=u)
+    with pytest.raises(ValueError, match="method"):
+        model.impute(x, torch.ones(1, 20, dtype=torch.bool), u=u, method="both")
+    assert model.sample(5, 2, u=u[:1, :5].repeat(2, 1, 1)).frames.shape == (2, 5, 3, 8, 8)
+
+
+def test_short_training_learns_the_map_of_the_grid():
+    """Memory-driven learning on no-wall random walks (the recipe of configs/gtmsm_nav_map.toml):
+    after 200 steps the learned states are an affine image of the true positions (R² > 0.99)."""
+    x, u, pos = walks(64, 64)
+    torch.manual_seed(0)
+    model = GTMSM(GTMSMConfig(memory_steps=32, state_dim=3, delta=0.01, pixel_variance=0.02))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        loss = model.elbo(x[idx], u=u[idx]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert affine_r2(model.infer_states(u), pos) > 0.99
