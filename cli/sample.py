@@ -28,7 +28,7 @@ def sample(
     control_dim = ckpt["model_config"].get("control_dim") or 0
     u = torch.zeros(count, steps, control_dim, dtype=parameter.dtype) if control_dim else None
     with torch.no_grad():
-        _, observations = model.sample(steps, batch_size=count, u=u, generator=torch.Generator().manual_seed(seed))
+        observations = model.sample(steps, batch_size=count, u=u, generator=torch.Generator().manual_seed(seed)).observations
     if video:
         write_video_panels(out, [observations.clamp(0, 1)])
     else:

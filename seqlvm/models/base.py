@@ -7,7 +7,8 @@ Every model is an ``nn.Module`` built from a ``Config`` dataclass and answers th
 - ``impute(x, mask, u=None, method="smooth"|"filter") -> Imputation``;
 - ``forecast(x_context, horizon, u_future=None, num_samples=..., generator=None, mask=None, u=None)
   -> Forecast`` (``mask`` and ``u`` belong to the context, ``u_future`` drives the horizon);
-- ``sample(num_steps, batch_size=1, u=None, generator=None)``;
+- ``sample(num_steps, batch_size=1, u=None, generator=None)``: a NamedTuple with (at least) the
+  fields ``states`` (latents) and ``observations`` (B, T, *event);
 - ``log_likelihood(x, mask=None, u=None, num_samples=K)``: exact where possible, else IWAE.
 
 Models that can serve as simulators (``seqlvm.rl``) also step forward one action at a time:

@@ -161,11 +161,12 @@ class GTMSMConfig:
 
 
 class GTMSMSamples(NamedTuple):
-    """Draws from :meth:`GTMSM.sample`: frames (B, T, C, H, W), codes z (B, T, z_dim), states (B, T, state_dim)."""
+    """Draws from :meth:`GTMSM.sample`: states s (B, T, state_dim), codes z (B, T, z_dim) and
+    observations (B, T, C, H, W), the decoder means of the codes."""
 
-    frames: Tensor
-    codes: Tensor
     states: Tensor
+    codes: Tensor
+    observations: Tensor
 
 
 class _Memory(NamedTuple):
@@ -595,7 +596,7 @@ class GTMSM(SequenceModel):
         u = self._check_actions(u, batch_size, num_steps, "sample")
         p = self.moves
         z = torch.randn(batch_size, num_steps, self.config.z_dim, dtype=p.dtype, device=p.device, generator=generator)
-        return GTMSMSamples(self.decode(z), z, self._state_path(u))
+        return GTMSMSamples(self._state_path(u), z, self.decode(z))
 
     def rollout_start(
         self,

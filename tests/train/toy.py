@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from seqlvm.kalman.predict import PriorSamples
 from seqlvm.models import ELBO, Forecast, Imputation, SequenceModel
 
 
@@ -91,7 +92,7 @@ class ToyChains(SequenceModel):
         return Forecast(mean=torch.stack(out_m, 1), std=torch.stack(out_s, 1))
 
     def sample(self, num_steps: int, batch_size: int = 1, u: Tensor | None = None,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+               generator: torch.Generator | None = None) -> PriorSamples:
         d = self.config.obs_dim
         drive = self._drive(u, torch.Size((batch_size, num_steps, d)))
         z = self.init_mean + torch.randn(batch_size, d, generator=generator)
@@ -102,7 +103,7 @@ class ToyChains(SequenceModel):
             states.append(z)
         states_t = torch.stack(states, 1)
         obs = states_t + self.log_r.exp().sqrt() * torch.randn(states_t.shape, generator=generator)
-        return states_t, obs
+        return PriorSamples(states_t, obs)
 
 
 def make_toy(seed: int = 0, obs_dim: int = 2, control_dim: int = 0) -> ToyChains:
