@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from seqlvm.data import SequenceDataset, block_mask, random_mask  # noqa: E402
+from seqlvm.metrics import affine_r2  # noqa: E402
 from seqlvm.models import KVAE  # noqa: E402
 from seqlvm.train import load_model  # noqa: E402
 from seqlvm.viz.video import hstack_videos, save_gif  # noqa: E402
@@ -147,10 +148,7 @@ def docs_figures(model: KVAE, x: torch.Tensor, states: torch.Tensor | None, out:
     if states is not None:
         a = model.encode(x)[0].reshape(-1, model.config.dim_a).double()
         pos = states[..., :2].reshape(-1, 2).double()
-        design = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
-        coef = torch.linalg.lstsq(design, pos).solution
-        resid = pos - design @ coef
-        r2 = 1 - resid.pow(2).sum(0) / (pos - pos.mean(0)).pow(2).sum(0)
+        r2 = affine_r2(a, pos)
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         for ax, d, label in zip(axes, range(2), ("ball x", "ball y")):
             sc = ax.scatter(a[:4000, 0], a[:4000, 1], c=pos[:4000, d], s=2, cmap="viridis")

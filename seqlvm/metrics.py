@@ -1,7 +1,8 @@
-"""Forecast metrics as plain functions over tensors: CRPS (from samples or a Gaussian) and MAE.
+"""Metrics as plain functions over tensors: CRPS (from samples or a Gaussian) and MAE of forecasts,
+and the affine-fit R² that compares learned latents with ground-truth states.
 
-All reduce nothing: they return one value per forecast entry, so callers average over the axes
-they mean (series, horizon, dimension). Lower is better for all three.
+The forecast metrics reduce nothing: they return one value per forecast entry, so callers average
+over the axes they mean (series, horizon, dimension). Lower is better for all three.
 """
 
 from __future__ import annotations
@@ -51,3 +52,25 @@ def mae(prediction: Tensor, truth: Tensor) -> Tensor:
             f"mae: prediction and truth must have the same shape; got {tuple(prediction.shape)} and {tuple(truth.shape)}"
         )
     return (prediction - truth).abs()
+
+
+def affine_r2(latents: Tensor, targets: Tensor) -> Tensor:
+    """R² of the least-squares affine map from learned latents to true states, per target dimension.
+
+    Latent spaces are identifiable only up to such a map (a KVAE's codes, a GTM-SM's states), so
+    this is how they are compared with the truth: fit ``targets ≈ latents @ W + b`` and return
+    ``1 − SS_res / SS_tot`` of each target column. latents (..., d), targets (..., k) with the same
+    leading shape, flattened to N rows; computed in float64. Returns (k,); 1 is a perfect fit.
+    """
+    if latents.shape[:-1] != targets.shape[:-1]:
+        raise ValueError(
+            f"affine_r2: latents {tuple(latents.shape)} and targets {tuple(targets.shape)} must share "
+            "their leading shape (one latent per target row)"
+        )
+    x = latents.reshape(-1, latents.shape[-1]).double()
+    y = targets.reshape(-1, targets.shape[-1]).double().to(x.device)
+    if x.shape[0] <= x.shape[1] + 1:
+        raise ValueError(f"affine_r2: got {x.shape[0]} rows; expected more than latent size + 1 = {x.shape[1] + 1}")
+    design = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    residual = y - design @ torch.linalg.lstsq(design, y).solution
+    return 1.0 - residual.square().sum(0) / (y - y.mean(0)).square().sum(0)

@@ -1,11 +1,12 @@
-"""CRPS and MAE against their definitions."""
+"""CRPS, MAE and the affine-fit R² against their definitions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from seqlvm.metrics import crps_gaussian, crps_samples, mae
+from seqlvm.metrics import affine_r2, crps_gaussian, crps_samples, mae
 
 
 def test_crps_gaussian_matches_the_integral_definition():
@@ -44,3 +45,18 @@ def test_mae_and_errors():
         crps_samples(torch.zeros(5, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="std must be > 0"):
         crps_gaussian(torch.zeros(2), torch.tensor([1.0, 0.0]), torch.zeros(2))
+
+
+def test_affine_r2_matches_numpy_least_squares():
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 50, 3, generator=g)
+    targets = latents @ torch.randn(3, 2, generator=g) + 0.3 * torch.randn(2, 50, 2, generator=g)
+    design = np.c_[latents.reshape(-1, 3).numpy(), np.ones(100)]
+    y = targets.reshape(-1, 2).numpy().astype(np.float64)
+    res = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    expected = 1 - (res**2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(affine_r2(latents, targets).numpy(), expected, rtol=1e-6)
+    exact = latents @ torch.randn(3, 2, generator=g) + 5.0
+    np.testing.assert_allclose(affine_r2(latents, exact).numpy(), 1.0, atol=1e-10)
+    with pytest.raises(ValueError, match="leading shape"):
+        affine_r2(latents, targets[:, :10])
