@@ -232,7 +232,7 @@ def main() -> None:
         docs.mkdir(parents=True, exist_ok=True)
         map_figure(docs / "gtmsm_map.png", states[0], pos[0], r2)
         video = hstack_videos([truth[0], pred[0].clamp(0, 1), oracle_pred[0]])
-        save_gif(video, docs / "gtmsm_prediction.gif", fps=8, scale=6)
+        save_gif(video, docs / "gtmsm_prediction.gif", fps=8, scale=4)
         print(f"wrote {docs / 'gtmsm_map.png'} and {docs / 'gtmsm_prediction.gif'} (truth | GTM-SM | oracle)")
     print(f"total {time.perf_counter() - t0:.1f} s")
 

@@ -69,6 +69,10 @@ def _positive_int(owner: str, name: str, value: object, minimum: int = 1) -> int
 class GTMSMConfig:
     """Sizes and options of a :class:`GTMSM`; the defaults are the re-implementation's (models.md §5).
 
+    The recipe that trains on image navigation departs from them (a 3-D state, a wider kernel
+    while the map forms, a wider and sharper VAE): ``configs/gtmsm_nav_map.toml`` then
+    ``configs/gtmsm_navigation.toml``; ``docs/gtmsm.md`` gives the measurements behind each change.
+
     obs_shape:       (C, H, W) of the frames; H and W divisible by 2 ** len(channels). ``None``
                      until training fills it in from the data file.
     control_dim:     size of the one-hot action u_t (5 for image navigation).
