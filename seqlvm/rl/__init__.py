@@ -17,13 +17,13 @@ from gymnasium.envs.registration import register, registry
 
 from seqlvm.rl.imagine import Imagination, imagine
 from seqlvm.rl.model_env import ModelEnv, check_model_fits
-from seqlvm.rl.mpc import Agent, EpisodeResult, PlanningAgent, RandomAgent, run_episode
+from seqlvm.rl.mpc import AGENTS, Agent, EpisodeResult, PlanningAgent, RandomAgent, make_agent, run_episode, run_episodes
 from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, RolloutFn, env_rollout, model_rollout
 from seqlvm.rl.tasks import TASKS, GotoGoal, GotoTask, HoldGoal, HoldTask, Task, make_task
 
 __all__ = [
-    "Imagination", "imagine", "ModelEnv", "check_model_fits", "Agent", "EpisodeResult", "PlanningAgent",
-    "RandomAgent", "run_episode", "CEMPlanner", "RandomShootingPlanner", "RolloutFn", "env_rollout",
+    "Imagination", "imagine", "ModelEnv", "check_model_fits", "AGENTS", "Agent", "EpisodeResult",
+    "PlanningAgent", "RandomAgent", "make_agent", "run_episode", "run_episodes", "CEMPlanner", "RandomShootingPlanner", "RolloutFn", "env_rollout",
     "model_rollout", "TASKS", "Task", "GotoTask", "GotoGoal", "HoldTask", "HoldGoal", "make_task",
 ]
 

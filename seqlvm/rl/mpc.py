@@ -20,7 +20,11 @@ from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, env_rollout, m
 from seqlvm.rl.spaces import decode_actions, to_model, uniform_actions
 from seqlvm.rl.tasks import Task
 
-__all__ = ["Agent", "RandomAgent", "PlanningAgent", "EpisodeResult", "run_episode"]
+__all__ = ["AGENTS", "Agent", "RandomAgent", "PlanningAgent", "EpisodeResult", "make_agent", "run_episode", "run_episodes"]
+
+AGENTS = ("cem", "shooting", "true", "random")
+"""cem: CEM over the model; shooting: random shooting over the model; true: CEM over copies of the
+real environment (the ceiling); random: uniform actions (the floor)."""
 
 
 class Agent(Protocol):
@@ -109,3 +113,38 @@ def run_episode(env: gym.Env, task: Task, agent: Agent, context_steps: int, rng:
             None,
         )
     return EpisodeResult(task.success(goal, infos), history.observations, plan_seconds)
+
+
+def make_agent(
+    kind: str,
+    task: Task,
+    action_space: gym.Space,
+    model: SequenceModel | None = None,
+    horizon: int = 8,
+    population: int = 100,
+    elites: int = 10,
+    iterations: int = 3,
+    num_particles: int = 1,
+) -> Agent:
+    """An agent of :data:`AGENTS` by name; ``model`` is required by ``"cem"`` and ``"shooting"``.
+    ``"shooting"`` draws ``population`` sequences once and ignores ``elites`` and ``iterations``."""
+    if kind not in AGENTS:
+        raise ValueError(f"planner: unknown name {kind!r}; expected one of {AGENTS}")
+    if kind in ("cem", "shooting") and model is None:
+        raise ValueError(f"planner: {kind!r} plans with a learned model; got none")
+    if kind == "random":
+        return RandomAgent(action_space)
+    if kind == "shooting":
+        planner: CEMPlanner | RandomShootingPlanner = RandomShootingPlanner(action_space, horizon, population)
+    else:
+        planner = CEMPlanner(action_space, horizon, population, elites, iterations)
+    return PlanningAgent(planner, task, None if kind == "true" else model, num_particles)
+
+
+def run_episodes(
+    env: gym.Env, task: Task, agent: Agent, episodes: int, context_steps: int, seed: int
+) -> list[EpisodeResult]:
+    """``episodes`` runs of :func:`run_episode`, episode i drawing from ``numpy.random.default_rng([seed, i])``."""
+    if not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes: must be an int >= 1; got {episodes!r}")
+    return [run_episode(env, task, agent, context_steps, np.random.default_rng([seed, i])) for i in range(episodes)]
