@@ -10,7 +10,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import seqlvm.rl  # noqa: F401  (registers seqlvm/LearnedModel-v0)
-from seqlvm.envs import encode_action
+from seqlvm.envs import RandomPolicy, encode_action
 from seqlvm.rl import HoldTask, ModelEnv, imagine
 from seqlvm.rl.spaces import to_env, to_model
 from tests.rl.conftest import tiny_kvae
@@ -59,6 +59,9 @@ def test_reset_is_seeded_and_budget_truncates(ball_kvae):
     assert info == info_again
     truncated = [env.step(np.zeros(2, np.float32))[3] for _ in range(3)]
     assert truncated == [False, False, True]
+    assert not env.context.actions.any()  # the ball's default policy does not push
+    env.reset(seed=5, options={"policy": RandomPolicy(env.action_space)})
+    assert env.context.actions[1:].all()
 
 
 def test_bad_input_raises_before_any_work(ball_kvae):
