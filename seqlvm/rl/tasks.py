@@ -70,8 +70,8 @@ class GotoTask:
     Reward of a step with crop ``x``: ``-mean((x - x_t)^2)`` over pixels, and, when the model has
     ``infer_states(u: (B, T, A)) -> (B, T, S)`` (the states of an action sequence started from the
     origin, as GTM-SM) and imagined the latents, also ``- state_weight * ||l - s_t||^2`` with ``l``
-    the imagined latent (which must then be that state, width S) and ``s_t`` the state of the
-    context's actions at step t.
+    the first S entries of the imagined latent (which must begin with that state) and ``s_t`` the
+    state of the context's actions at step t.
 
     Success: the agent's true cell equals the goal cell after some step of the episode.
     """
@@ -100,11 +100,10 @@ class GotoTask:
         target = goal.observation.to(observations)
         reward = -(observations - target).pow(2).flatten(2).mean(-1)
         if goal.state is not None and latents is not None:
-            if latents.shape[-1] != goal.state.shape[-1]:
-                raise ValueError(
-                    f"latents: the goal state has width {goal.state.shape[-1]} (infer_states); got latents {tuple(latents.shape)}"
-                )
-            reward = reward - self.state_weight * (latents - goal.state.to(latents)).pow(2).sum(-1)
+            S = goal.state.shape[-1]
+            if latents.shape[-1] < S:
+                raise ValueError(f"latents: must begin with the goal's state of width {S} (infer_states); got {tuple(latents.shape)}")
+            reward = reward - self.state_weight * (latents[..., :S] - goal.state.to(latents)).pow(2).sum(-1)
         return reward
 
     def success(self, goal: GotoGoal, infos: Sequence[dict[str, Any]]) -> bool:

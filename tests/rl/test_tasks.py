@@ -60,8 +60,10 @@ def test_goto_uses_the_models_state_when_it_has_one():
     crops = goal.observation.expand(1, 1, *goal.observation.shape)
     latents = (goal.state + torch.tensor([1.0, 2.0]))[None, None]
     assert task.reward(goal, crops, latents)[0, 0] == pytest.approx(-0.5 * 5.0)
-    with pytest.raises(ValueError, match="latents: the goal state has width 2"):
-        task.reward(goal, crops, torch.zeros(1, 1, 3))
+    wider = torch.cat([latents, torch.full((1, 1, 3), 9.0)], -1)  # only the first 2 entries are the state
+    assert task.reward(goal, crops, wider)[0, 0] == pytest.approx(-0.5 * 5.0)
+    with pytest.raises(ValueError, match=r"latents: must begin with the goal's state of width 2 \(infer_states\); got \(1, 1, 1\)"):
+        task.reward(goal, crops, torch.zeros(1, 1, 1))
 
 
 def test_hold_reward_is_the_mean_distance_of_the_ball_mass():
