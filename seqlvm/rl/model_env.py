@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import seqlvm.envs  # noqa: F401  (registers the real environments a learned one is posed in)
 from seqlvm.envs.rollout import Episode, action_dim, encode_action, make_policy, rollout
 from seqlvm.models import SequenceModel
 from seqlvm.rl.spaces import check_observation_space, is_video, to_env, to_model

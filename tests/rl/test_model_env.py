@@ -9,7 +9,6 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import seqlvm.rl  # noqa: F401  (registers seqlvm/LearnedModel-v0)
 from seqlvm.envs import RandomPolicy, encode_action
 from seqlvm.rl import HoldTask, ModelEnv, imagine
 from seqlvm.rl.spaces import to_env, to_model

@@ -12,7 +12,6 @@ import pytest
 import torch
 from gymnasium import spaces
 
-import seqlvm.envs  # noqa: F401
 from seqlvm.envs import encode_action
 from seqlvm.models import LGSSM, LGSSMConfig
 from seqlvm.rl import CEMPlanner, GotoGoal, GotoTask, RandomShootingPlanner, env_rollout, model_rollout

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import seqlvm.envs  # noqa: F401
 from seqlvm.envs import Episode, make_policy, rollout
 from seqlvm.rl import CEMPlanner, GotoTask, HoldTask, PlanningAgent, RandomAgent, make_task, run_episode
 
