@@ -3,24 +3,17 @@ and the GIF; a task without a checkpoint is skipped, saying so."""
 
 from __future__ import annotations
 
-import importlib
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.helpers import benchmark_module
 from tests.rl.conftest import save_model, tiny_kvae
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def model_based_rl():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("model_based_rl")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("model_based_rl") as module:
+        yield module
 
 
 def test_benchmark_runs_the_three_agents_and_writes_a_gif(model_based_rl, tmp_path, monkeypatch, capsys):
