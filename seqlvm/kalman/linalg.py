@@ -58,6 +58,29 @@ def mvn_logpdf_chol(r: Tensor, L: Tensor, count: Tensor | float) -> Tensor:
     return -0.5 * (v.pow(2).sum(-1) + count * LOG_2PI) - log_det
 
 
+def mvn_logpdf_of_noise(eps: Tensor, chol: Tensor) -> Tensor:
+    """log N(L eps; 0, L L^T) for the standard normal eps that produced the draw: eps (..., d),
+    chol L (..., d, d) broadcastable -> (...)."""
+    n = eps.shape[-1]
+    log_det = torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (eps.pow(2).sum(-1) + n * LOG_2PI) - log_det
+
+
+def sample_gaussian(
+    mean: Tensor, chol: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``num_samples`` = S draws ``x = mu_b + L_b eps``, eps ~ N(0, I), from each row of a batch of
+    Gaussians N(mu_b, L_b L_b^T), with their log densities.
+
+    mean (B, d), chol (d, d) shared or (B, d, d) -> x (S·B, d) with row ``s·B + b`` drawn from
+    Gaussian b (the order of ``Tensor.repeat(S, 1)``), log N(x; mu, L L^T) (S·B,).
+    """
+    S, (B, d) = num_samples, mean.shape
+    eps = torch.randn(S * B, d, dtype=mean.dtype, device=mean.device, generator=generator)
+    L = chol.repeat(S, 1, 1) if chol.dim() == 3 else chol
+    return mean.repeat(S, 1) + matvec(L, eps), mvn_logpdf_of_noise(eps, L)
+
+
 def matvec(M: Tensor, v: Tensor) -> Tensor:
     """M v for batches: M (..., r, c), v (..., c) -> (..., r).
 

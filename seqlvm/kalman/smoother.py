@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import STEADY_CHECK_EVERY, FilterResult, check_method, run_filter
-from seqlvm.kalman.linalg import converged, matvec, safe_cholesky, sym
-from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
+from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_of_noise, safe_cholesky, sym
+from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence
 
 
@@ -192,7 +192,7 @@ def sample_posterior(
     P_last = _cov_batch(filt.covs)[:, -1]
     L_last = safe_cholesky(P_last)
     z_last = filt.means[:, -1].repeat(S, 1) + matvec(L_last, eps.view(S, Bt, T, n)[:, :, -1]).reshape(S * Bt, n)
-    log_prob = _mvn_logpdf_of_noise(eps[:, -1], L_last.repeat(S, 1, 1) if L_last.shape[0] > 1 else L_last)
+    log_prob = mvn_logpdf_of_noise(eps[:, -1], L_last.repeat(S, 1, 1) if L_last.shape[0] > 1 else L_last)
     if T > 1:
         kernel = backward_kernel(prep, filt, steady_from)
         chol = safe_cholesky(kernel.L)  # (b, T-1, n, n)
@@ -201,14 +201,7 @@ def sample_posterior(
         drive = kernel.g.repeat(S, 1, 1) + matvec(chol_r, eps[:, :-1])
         z_prev = steady_linear_recurrence(E, drive, z_last, kernel.steady_from, method, reverse=True)
         z = torch.cat([z_prev, z_last.unsqueeze(1)], dim=1)
-        log_prob = log_prob + _mvn_logpdf_of_noise(eps[:, :-1], chol_r).sum(-1)
+        log_prob = log_prob + mvn_logpdf_of_noise(eps[:, :-1], chol_r).sum(-1)
     else:
         z = z_last.unsqueeze(1)
     return PosteriorSamples(z.view(S, Bt, T, n), log_prob.view(S, Bt))
-
-
-def _mvn_logpdf_of_noise(eps: Tensor, chol: Tensor) -> Tensor:
-    """log N(L eps; 0, L L^T) for the standard normal eps that produced the draw: (...)."""
-    n = eps.shape[-1]
-    log_det = torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    return -0.5 * (eps.pow(2).sum(-1) + n * LOG_2PI) - log_det

@@ -171,6 +171,25 @@ class SequenceModel(nn.Module):
         return dataclasses.asdict(self.config)
 
 
+def check_num_particles(num_particles: int, fn: str) -> None:
+    """``num_particles`` of ``rollout_start`` must be an int >= 1."""
+    if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+        raise ValueError(f"{fn}: num_particles must be an int >= 1; got {num_particles!r}")
+
+
+def check_step_controls(u: Tensor | None, rows: int, control_dim: int, like: Tensor, fn: str) -> Tensor | None:
+    """The action u of one ``rollout_step``: (rows, control_dim) when the model has controls, else
+    None; returned in the dtype and device of ``like``."""
+    if not control_dim:
+        if u is not None:
+            raise ValueError(f"{fn}: u is given but the model has control_dim = 0")
+        return None
+    if not isinstance(u, Tensor) or tuple(u.shape) != (rows, control_dim):
+        got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+        raise ValueError(f"{fn}: u must have shape (N, A) = ({rows}, {control_dim}), one action per particle; got {got}")
+    return u.to(like)
+
+
 def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
     """Build a config dataclass from a dict, rejecting unknown keys by name."""
     names = {f.name for f in dataclasses.fields(config_class)}

@@ -51,11 +51,13 @@ from seqlvm.kalman import (
     kalman_smoother,
     sample_posterior,
 )
-from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
-from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
+from seqlvm.kalman.linalg import matvec, safe_cholesky, sample_gaussian, sym
+from seqlvm.models.base import (
+    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
+)
 from seqlvm.nn import FrameDecoder, FrameEncoder, GaussianHead, check_frame_shape
 
-__all__ = ["KVAE", "KVAEConfig", "KVAEPosterior", "KVAESamples", "AlphaNetwork"]
+__all__ = ["KVAE", "KVAEConfig", "KVAECarry", "KVAEPosterior", "KVAESamples", "AlphaNetwork"]
 
 Z_TERMS = ("exact", "joint_sample", "marginal")
 DECODERS = ("bernoulli", "gaussian")
@@ -190,6 +192,19 @@ class KVAESamples(NamedTuple):
 
     states: Tensor
     observations: Tensor
+
+
+class KVAECarry(NamedTuple):
+    """The state of N particles of a KVAE simulator (``rollout_start`` / ``rollout_step``).
+
+    z:     (N, dim_z) the state z_t.
+    a:     (N, dim_a) the code a_t, the alpha-LSTM's input at the next step.
+    state: the alpha-LSTM's (h, c), each (1, N, alpha_hidden), or None when K = 1.
+    """
+
+    z: Tensor
+    a: Tensor
+    state: tuple[Tensor, Tensor] | None
 
 
 class KVAE(SequenceModel):
@@ -495,37 +510,77 @@ class KVAE(SequenceModel):
         return Imputation(mean=x_clean, std=std)
 
     # -- generation ------------------------------------------------------------------------------
-    def _rollout(
-        self,
-        z: Tensor,
-        state: tuple[Tensor, Tensor] | None,
-        a_prev: Tensor,
-        steps: int,
-        u: Tensor | None,
-        noise: bool,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor]:
-        """Run the model forward from z (N, n) for ``steps`` steps.
+    def _transition(
+        self, carry: KVAECarry, u: Tensor | None, noise: bool, generator: torch.Generator | None
+    ) -> tuple[KVAECarry, Tensor | None]:
+        """One step of the generative model from ``carry``: ``alpha = LSTM(a, h)``,
+        ``z' = A z + B u (+ N(0, Q))``, ``a' = C z' (+ N(0, R))``, with u (N, k) or None.
 
-        Per step: ``alpha = LSTM(a_prev)``, ``z <- A z + B u (+ Q noise)``, ``a = C z (+ R noise)``,
-        ``a_prev <- a``. u: (N, steps, k) or None. Returns codes (N, steps, dim_a), states (N, steps, n).
+        Returns the new carry and, with noise, the log density of the draw
+        ``log N(z'; A z + B u, Q) + log N(a'; C z', R)`` (N,); None without noise.
         """
-        q, r = math.sqrt(self.config.transition_noise), math.sqrt(self.config.emission_noise)
+        alpha, state = self._alpha(carry.a.unsqueeze(1), carry.state)
+        A, C, Bm = self._mix(alpha[:, 0])
+        z = matvec(A, carry.z)
+        if Bm is not None:
+            z = z + matvec(Bm, u)
+        if not noise:
+            return KVAECarry(z, matvec(C, z), state), None
+        z, log_z = sample_gaussian(z, torch.linalg.cholesky(self.Q), 1, generator)
+        a, log_a = sample_gaussian(matvec(C, z), torch.linalg.cholesky(self.R), 1, generator)
+        return KVAECarry(z, a, state), log_z + log_a
+
+    def _rollout(
+        self, carry: KVAECarry, steps: int, u: Tensor | None, noise: bool, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """``steps`` steps of :meth:`_transition` from ``carry`` (N particles) under u (N, steps, k)
+        or None; returns codes (N, steps, dim_a) and states (N, steps, n)."""
         codes, states = [], []
         for t in range(steps):
-            alpha, state = self._alpha(a_prev.unsqueeze(1), state)
-            A, C, Bm = self._mix(alpha[:, 0])
-            z = matvec(A, z)
-            if Bm is not None:
-                z = z + matvec(Bm, u[:, t])
-            if noise:
-                z = z + q * torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
-            a_prev = matvec(C, z)
-            if noise:
-                a_prev = a_prev + r * torch.randn(a_prev.shape, dtype=z.dtype, device=z.device, generator=generator)
-            codes.append(a_prev)
-            states.append(z)
+            carry, _ = self._transition(carry, None if u is None else u[:, t], noise, generator)
+            codes.append(carry.a)
+            states.append(carry.z)
         return torch.stack(codes, 1), torch.stack(states, 1)
+
+    def _start(self, post: KVAEPosterior, num_particles: int, generator: torch.Generator | None) -> KVAECarry:
+        """P = num_particles draws ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` per sequence of a filtered
+        context, with the alpha-LSTM state and the code that drive the next step (rows p·B + b)."""
+        P, dyn = num_particles, post.dynamics
+        z, _ = sample_gaussian(post.kalman.means[:, -1], safe_cholesky(post.kalman.covs[:, -1]), P, generator)
+        state = None if dyn.state is None else (dyn.state[0].repeat(1, P, 1), dyn.state[1].repeat(1, P, 1))
+        return KVAECarry(z, dyn.a_next.repeat(P, 1), state)
+
+    def rollout_start(
+        self,
+        x: Tensor,
+        u: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_particles: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> KVAECarry:
+        """Filter the context x (B, T, C, H, W) (encoder means, as :meth:`filter`) and draw
+        P = ``num_particles`` states ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` per sequence.
+
+        Returns the :class:`KVAECarry` of N = P·B particles, row ``p·B + b`` a draw for sequence b.
+        """
+        check_num_particles(num_particles, "KVAE.rollout_start")
+        return self._start(self._posterior(x, mask, u, False, "rollout_start"), num_particles, generator)
+
+    def rollout_step(
+        self, carry: KVAECarry, u: Tensor | None, generator: torch.Generator | None = None
+    ) -> tuple[KVAECarry, RolloutStep]:
+        """One noisy step of every particle (:meth:`_transition`) under u (N, k) (None without controls).
+
+        RolloutStep: observation = the decoder mean ``E[x' | a']`` (N, C, H, W); latent = ``[z', a']``
+        (N, dim_z + dim_a), the whole sampled state of the step; log_prob =
+        ``log N(z'; A z + B u, Q) + log N(a'; C z', R)`` (N,).
+        """
+        n = self.config.dim_z
+        if not (isinstance(carry, KVAECarry) and carry.z.dim() == 2 and carry.z.shape[1] == n):
+            raise ValueError(f"KVAE.rollout_step: carry must be the KVAECarry of rollout_start, z (N, {n}); got {type(carry).__name__}")
+        u = check_step_controls(u, carry.z.shape[0], self.config.control_dim, carry.z, "KVAE.rollout_step")
+        carry, log_prob = self._transition(carry, u, True, generator)
+        return carry, RolloutStep(self.frame_means(carry.a), torch.cat([carry.z, carry.a], -1), log_prob)
 
     def forecast(
         self,
@@ -554,17 +609,14 @@ class KVAE(SequenceModel):
         u_future = self._future_controls(u_future, B, horizon, "forecast")
         post = self._posterior(x_context, observed, u, False, "forecast")
         dyn = post.dynamics
-        m_last, P_last = post.kalman.means[:, -1], post.kalman.covs[:, -1]
-        codes, _ = self._rollout(m_last, dyn.state, dyn.a_next, horizon, u_future, False, generator)
+        start = KVAECarry(post.kalman.means[:, -1], dyn.a_next, dyn.state)
+        codes, _ = self._rollout(start, horizon, u_future, False, generator)
         mean = self.frame_means(codes)
         samples = None
         if num_samples:
             S = num_samples
-            eps = torch.randn(S * B, m_last.shape[-1], dtype=m_last.dtype, device=m_last.device, generator=generator)
-            z = m_last.repeat(S, 1) + matvec(safe_cholesky(P_last).repeat(S, 1, 1), eps)
-            state = None if dyn.state is None else tuple(s.repeat(1, S, 1) for s in dyn.state)
             u_s = None if u_future is None else u_future.repeat(S, 1, 1)
-            codes_s, _ = self._rollout(z, state, dyn.a_next.repeat(S, 1), horizon, u_s, True, generator)
+            codes_s, _ = self._rollout(self._start(post, S, generator), horizon, u_s, True, generator)
             samples = self.frame_means(codes_s).view(S, B, *mean.shape[1:])
         if self.config.decoder == "bernoulli":
             return Forecast(mean=mean, samples=samples, probs=mean)
@@ -607,7 +659,7 @@ class KVAE(SequenceModel):
             a0 = a0 + math.sqrt(self.config.emission_noise) * torch.randn(a0.shape, dtype=dtype, device=device, generator=generator)
         codes, states = [a0.unsqueeze(1)], [z0.unsqueeze(1)]
         if num_steps > 1:
-            rest_a, rest_z = self._rollout(z0, state, a0, num_steps - 1, None if u is None else u[:, 1:], noise, generator)
+            rest_a, rest_z = self._rollout(KVAECarry(z0, a0, state), num_steps - 1, None if u is None else u[:, 1:], noise, generator)
             codes.append(rest_a)
             states.append(rest_z)
         return KVAESamples(torch.cat(states, 1), self.frame_means(torch.cat(codes, 1)))

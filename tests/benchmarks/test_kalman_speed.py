@@ -7,25 +7,18 @@ dynamax is left out: it is a bench-only extra and its compilation would dominate
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def kalman_speed():
-    """The benchmark script imported as a module (its helpers import as top-level ``_timing``)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("kalman_speed")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    """The benchmark script imported as a module."""
+    with benchmark_module("kalman_speed") as module:
+        yield module
 
 
 @pytest.mark.parametrize(("n", "m"), [(4, 2), (8, 4)])

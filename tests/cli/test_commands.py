@@ -17,7 +17,7 @@ from tests.cli.helpers import assert_user_error, invoke, write_series
 
 def test_help_lists_the_commands():
     result = invoke("--help")
-    for name in ("generate", "show", "train", "evaluate", "impute", "forecast", "sample", "info", "demo"):
+    for name in ("generate", "show", "train", "evaluate", "impute", "forecast", "sample", "info", "demo", "plan"):
         assert name in result.stdout
 
 

@@ -1,0 +1,124 @@
+"""A trained model as a gymnasium environment (``seqlvm/LearnedModel-v0``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from seqlvm.envs.rollout import Episode, action_dim, encode_action, make_policy, rollout
+from seqlvm.models import SequenceModel
+from seqlvm.rl.spaces import check_observation_space, is_video, to_env, to_model
+from seqlvm.rl.tasks import Task, make_task
+from seqlvm.train.checkpoint import load_model
+
+__all__ = ["ModelEnv", "check_model_fits"]
+
+
+def check_model_fits(model: SequenceModel, observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Raise a ValueError unless the model observes and acts in these spaces: frames (H, W, C) <->
+    ``obs_shape = (C, H, W)`` (vectors (D,) <-> ``obs_dim = D``) and ``control_dim = A`` (the
+    encoded action width, one-hot for ``Discrete``)."""
+    space = check_observation_space(observation_space)
+    config = model.config
+    if is_video(space):
+        name, want = "obs_shape", (space.shape[2], space.shape[0], space.shape[1])
+        got = getattr(config, name, None)
+        got = None if got is None else tuple(got)
+    else:
+        name, want = "obs_dim", int(np.prod(space.shape))
+        got = getattr(config, name, None)
+    if got != want:
+        raise ValueError(f"model: the environment's observations need {name} = {want}; the model has {name} = {got}")
+    A = action_dim(action_space)
+    if config.control_dim != A:
+        raise ValueError(f"model: the environment's actions are {A} wide encoded; the model has control_dim = {config.control_dim}")
+
+
+class ModelEnv(gym.Env):
+    """A learned simulator of a real environment, driven by a task.
+
+    ``reset`` rolls ``context_steps`` observations of the real env under its default policy (or
+    ``options["policy"]``, a :class:`seqlvm.envs.Policy`), draws the task's goal from them and
+    conditions the model on them (``rollout_start``, one particle); the reset observation is the
+    context's last one. ``step(action)`` encodes the action as ``seqlvm.envs.rollout`` does, advances
+    the model (``rollout_step``) and returns its decoded observation in the real env's format
+    (uint8 ``(H, W, C)`` for video, rounded and clipped), the task's reward of it, ``terminated``
+    False and ``truncated`` after ``task.budget`` steps. ``info`` holds the step's ``latent`` (L,)
+    and ``log_prob``.
+
+    All randomness comes from ``self.np_random``: the context's env and policy seeds, the goal,
+    and the seed ``rollout_seed`` of the torch generator the model draws from.
+
+    Args:
+        model:         a model, or a checkpoint file or run folder (``seqlvm.train.load_model``).
+        env_id:        the real environment, e.g. ``"seqlvm/BouncingBall-v0"``.
+        task:          a :class:`~seqlvm.rl.tasks.Task` or a task name (``"goto"``, ``"hold"``).
+        context_steps: observations of the context (>= 1).
+        env_kwargs:    keyword arguments of the real environment.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: SequenceModel | str | os.PathLike[str],
+        env_id: str,
+        task: Task | str,
+        context_steps: int = 10,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(context_steps, int) or context_steps < 1:
+            raise ValueError(f"context_steps: must be an int >= 1; got {context_steps!r}")
+        self.task = make_task(task) if isinstance(task, str) else task
+        self.model = model if isinstance(model, SequenceModel) else load_model(model)[0]
+        self.real_env = gym.make(env_id, **(env_kwargs or {})).unwrapped
+        check_model_fits(self.model, self.real_env.observation_space, self.real_env.action_space)
+        self.observation_space = self.real_env.observation_space
+        self.action_space = self.real_env.action_space
+        self.context_steps = context_steps
+        self.context: Episode | None = None
+        self.goal: Any = None
+        self.rollout_seed: int | None = None
+        self._dtype = next(self.model.parameters()).dtype
+        self._carry: Any = None
+        self._generator = torch.Generator()
+        self._steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Roll a new context in the real env and condition the model on it."""
+        super().reset(seed=seed)
+        unknown = sorted(set(options or {}) - {"policy"})
+        if unknown:
+            raise ValueError(f"options: unknown key(s) {unknown}; expected only 'policy'")
+        policy = (options or {}).get("policy") or make_policy(self.real_env)
+        env_seed, policy_seed = (int(s) for s in self.np_random.integers(2**31, size=2))
+        self.context = rollout(self.real_env, policy, self.context_steps, env_seed, policy_seed)
+        self.goal = self.task.reset(self.context, self.np_random, self.model)
+        self.rollout_seed = int(self.np_random.integers(2**62))
+        self._generator.manual_seed(self.rollout_seed)
+        x = to_model(self.observation_space, self.context.observations, self._dtype)[None]
+        u = torch.as_tensor(self.context.actions, dtype=self._dtype)[None] if self.model.config.control_dim else None
+        with torch.no_grad():
+            self._carry = self.model.rollout_start(x, u, num_particles=1, generator=self._generator)
+        self._steps = 0
+        return self.context.observations[-1].copy(), {"rollout_seed": self.rollout_seed}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One imagined step under ``action``."""
+        if self._carry is None:
+            raise RuntimeError("step() called before reset()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action: got {action!r}; expected a member of {self.action_space}")
+        u = None
+        if self.model.config.control_dim:
+            u = torch.as_tensor(encode_action(self.action_space, action), dtype=self._dtype)[None]
+        with torch.no_grad():
+            self._carry, out = self.model.rollout_step(self._carry, u, self._generator)
+            reward = float(self.task.reward(self.goal, out.observation[:, None], out.latent[:, None])[0, 0])
+        self._steps += 1
+        info = {"latent": out.latent[0].numpy(), "log_prob": float(out.log_prob[0])}
+        return to_env(self.observation_space, out.observation[0]), reward, False, self._steps >= self.task.budget, info

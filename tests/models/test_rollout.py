@@ -1,0 +1,144 @@
+"""The simulator interface (rollout_start / rollout_step) of LGSSM and KVAE, against exact oracles:
+the Kalman forecast's moments, Gaussian densities from torch.distributions, the KVAE's own forecast
+sample paths, and errors for bad input."""
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from seqlvm.kalman import forecast as kalman_forecast
+from seqlvm.models import LGSSM, LGSSMConfig
+from seqlvm.models.kvae import KVAECarry
+from tests.models.test_kvae import moving_dots, tiny
+
+
+def controlled_lgssm() -> LGSSM:
+    torch.manual_seed(3)
+    model = LGSSM(LGSSMConfig(state_dim=2, obs_dim=2, control_dim=1)).double()
+    model.A = torch.tensor([[0.9, 0.2], [-0.1, 0.8]], dtype=torch.float64)
+    model.B = torch.tensor([[0.5], [-1.0]], dtype=torch.float64)
+    model.Q = torch.tensor([[0.3, 0.1], [0.1, 0.2]], dtype=torch.float64)
+    model.R = 0.5 * torch.eye(2, dtype=torch.float64)
+    return model
+
+
+def test_lgssm_particles_match_the_exact_forecast_moments():
+    """After h = 1..3 steps the particles' latents and observations (C z) have the mean and covariance
+    of the exact forecast (obs: Cov[C z] = Cov[x] - R), within Monte-Carlo error, per sequence."""
+    model = controlled_lgssm()
+    g = torch.Generator().manual_seed(0)
+    B, T, H, P = 2, 6, 3, 40000
+    x = torch.randn(B, T, 2, generator=g, dtype=torch.float64)
+    u = torch.randn(B, T, 1, generator=g, dtype=torch.float64)
+    u_future = torch.tensor([[[1.0], [-2.0], [0.5]], [[0.0], [3.0], [-1.0]]], dtype=torch.float64)
+    fc = kalman_forecast(model.params(), x, H, u=u, u_future=u_future)
+    with torch.no_grad():
+        carry = model.rollout_start(x, u, num_particles=P, generator=g)
+        for h in range(H):
+            carry, step = model.rollout_step(carry, u_future[:, h].repeat(P, 1), g)
+            for values, mean, cov in (
+                (step.latent, fc.state_means[:, h], fc.state_covs[:, h]),
+                (step.observation, fc.obs_means[:, h], fc.obs_covs[:, h] - model.R),
+            ):
+                draws = values.view(P, B, 2)  # rows p*B + b
+                se = (cov.diagonal(dim1=-2, dim2=-1) / P).sqrt()
+                assert bool(((draws.mean(0) - mean).abs() < 5 * se).all()), (h, draws.mean(0), mean)
+                centred = draws - draws.mean(0)
+                sample_cov = torch.einsum("pbi,pbj->bij", centred, centred) / (P - 1)
+                torch.testing.assert_close(sample_cov, cov, rtol=0.05, atol=0.05 * float(cov.abs().max()))
+
+
+def test_lgssm_step_log_prob_is_the_transition_density():
+    model = controlled_lgssm()
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    u = torch.randn(5, 1, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        (z_new,), step = model.rollout_step((z,), u, g)
+        oracle = MultivariateNormal(z @ model.A.T + u @ model.B.T, model.Q).log_prob(z_new)
+    torch.testing.assert_close(step.log_prob, oracle)
+    torch.testing.assert_close(step.latent, z_new)
+    torch.testing.assert_close(step.observation, z_new @ model.C.T)
+
+
+def test_kvae_particles_are_the_forecast_sample_paths():
+    """rollout_start + rollout_step with a generator seeded like forecast's draws the same paths."""
+    model = tiny(control_dim=2).eval()
+    x = moving_dots(2, 5)
+    u = torch.randn(2, 5, 2)
+    u_future = torch.randn(2, 4, 2)
+    S = 3
+    with torch.no_grad():
+        fc = model.forecast(x, 4, u_future=u_future, num_samples=S, generator=torch.Generator().manual_seed(7), u=u)
+        g = torch.Generator().manual_seed(7)
+        carry = model.rollout_start(x, u, num_particles=S, generator=g)
+        frames = []
+        for h in range(4):
+            carry, step = model.rollout_step(carry, u_future[:, h].repeat(S, 1), g)
+            frames.append(step.observation)
+    torch.testing.assert_close(torch.stack(frames, 1).view(S, 2, 4, 1, 8, 8), fc.samples)
+    assert step.latent.shape == (S * 2, 4 + 2) and step.log_prob.shape == (S * 2,)
+
+
+def test_kvae_step_log_prob_is_the_density_of_z_and_a():
+    """With K = 1 the step is a fixed LGSSM step: z' ~ N(A z + B u, Q), a' ~ N(C z', R)."""
+    model = tiny(control_dim=2, num_mixtures=1).double().eval()
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    carry = KVAECarry(z, torch.zeros(4, 2, dtype=torch.float64), None)
+    u = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        new, step = model.rollout_step(carry, u, g)
+        A, B, C = model.A_k[0], model.B_k[0], model.C_k[0]
+        oracle = (MultivariateNormal(z @ A.T + u @ B.T, model.Q).log_prob(new.z)
+                  + MultivariateNormal(new.z @ C.T, model.R).log_prob(new.a))
+        frames = model.frame_means(new.a)
+    torch.testing.assert_close(step.log_prob, oracle)
+    torch.testing.assert_close(step.latent, torch.cat([new.z, new.a], -1))
+    torch.testing.assert_close(step.observation, frames)
+
+
+def test_rollout_is_deterministic_for_a_seeded_generator():
+    model = tiny(control_dim=2).eval()
+    x = moving_dots(1, 4)
+    u = torch.zeros(1, 4, 2)
+    runs = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            carry = model.rollout_start(x, u, num_particles=2, generator=g)
+            _, step = model.rollout_step(carry, torch.ones(2, 2), g)
+        runs.append(step)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("make", ["lgssm", "kvae"])
+def test_bad_rollout_inputs_raise(make):
+    if make == "lgssm":
+        model, x, u = controlled_lgssm(), torch.zeros(1, 3, 2, dtype=torch.float64), torch.zeros(1, 3, 1, dtype=torch.float64)
+    else:
+        model, x, u = tiny(control_dim=1).eval(), moving_dots(1, 3), torch.zeros(1, 3, 1)
+    name = type(model).__name__
+    with pytest.raises(ValueError, match=f"{name}.rollout_start: num_particles must be an int >= 1; got 0"):
+        model.rollout_start(x, u, num_particles=0)
+    with pytest.raises(ValueError, match=f"{name}.rollout_start: the model has control_dim = 1"):
+        model.rollout_start(x)
+    with torch.no_grad():
+        carry = model.rollout_start(x, u, num_particles=2)
+        with pytest.raises(ValueError, match=r"u must have shape \(N, A\) = \(2, 1\), one action per particle; got \(1, 1\)"):
+            model.rollout_step(carry, torch.zeros(1, 1))
+        with pytest.raises(ValueError, match="u must have shape"):
+            model.rollout_step(carry, None)
+        with pytest.raises(ValueError, match=f"{name}.rollout_step: carry must be"):
+            model.rollout_step((torch.zeros(2, 7),), torch.zeros(2, 1))
+
+
+def test_models_without_controls_refuse_an_action():
+    model = tiny().eval()
+    with torch.no_grad():
+        carry = model.rollout_start(moving_dots(1, 3))
+        with pytest.raises(ValueError, match="KVAE.rollout_step: u is given but the model has control_dim = 0"):
+            model.rollout_step(carry, torch.zeros(1, 1))
+        _, step = model.rollout_step(carry, None)
+    assert step.observation.shape == (1, 1, 8, 8) and bool(((step.observation >= 0) & (step.observation <= 1)).all())
