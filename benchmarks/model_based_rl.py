@@ -15,12 +15,13 @@ standard error), the fraction of the random -> ceiling gap the model closes,
 second of :func:`seqlvm.rl.imagine` (``--imagine-batch`` action sequences x ``--horizon`` steps,
 one batched call). It writes a GIF of the first four model-MPC episodes per task to ``--gif-dir``.
 
-Run:  python benchmarks/model_based_rl.py --ball-checkpoint runs/kvae_ball_push   (one CPU thread)
+Run:  python benchmarks/model_based_rl.py --nav-checkpoint runs/gtmsm --ball-checkpoint runs/kvae_ball_push   (one CPU thread)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from seqlvm.rl.spaces import to_model, uniform_actions
 from seqlvm.train import load_model
 from seqlvm.viz import hstack_videos, save_gif
 
-TASKS = (("goto", "nav_checkpoint"), ("hold", "ball_checkpoint"))
+TASKS = (("goto", "nav"), ("hold", "ball"))
 AGENTS = (("model", "cem"), ("random", "random"), ("true", "true"))
 
 
@@ -62,7 +63,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=100, help="episodes per agent and task")
     ap.add_argument("--quick", action="store_true", help="10 episodes and 3 timing repeats (a smoke run)")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
-    ap.add_argument("--context", type=int, default=10, help="context observations before the task starts")
+    ap.add_argument("--nav-context", type=int, default=256, help="goto: context observations (GTM-SM's memory) before the task")
+    ap.add_argument("--ball-context", type=int, default=10, help="hold: context observations before the task")
+    ap.add_argument("--nav-env-kwargs", default='{"exploration_blocked": "stay"}',
+                    help="goto: JSON keyword arguments of ImageNavigation-v0 (default: the no-bump walks the GTM-SM recipe trains on)")
+    ap.add_argument("--ball-env-kwargs", default="{}", help="hold: JSON keyword arguments of BouncingBall-v0")
     ap.add_argument("--horizon", type=int, default=8)
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--elites", type=int, default=10)
@@ -75,40 +80,41 @@ def main() -> None:
     torch.set_num_threads(1)
     episodes, repeats = (10, 3) if args.quick else (args.episodes, 7)
     rows = []
-    for task_name, flag in TASKS:
-        checkpoint = getattr(args, flag)
+    for task_name, prefix in TASKS:
+        checkpoint = getattr(args, f"{prefix}_checkpoint")
         if checkpoint is None:
-            print(f"{task_name}: skipped (no --{flag.replace('_', '-')} given)")
+            print(f"{task_name}: skipped (no --{prefix}-checkpoint given)")
             continue
+        context = getattr(args, f"{prefix}_context")
         task = make_task(task_name)
         model, _ = load_model(checkpoint)
-        env = gym.make(task.env_id).unwrapped
+        env = gym.make(task.env_id, **json.loads(getattr(args, f"{prefix}_env_kwargs"))).unwrapped
         check_model_fits(model, env.observation_space, env.action_space)
         results = {}
         for name, kind in AGENTS:
             agent = make_agent(kind, task, env.action_space, model, args.horizon, args.population, args.elites, args.iterations, args.particles)
             start = time.perf_counter()
-            results[name] = run_episodes(env, task, agent, episodes, args.context, args.seed)
+            results[name] = run_episodes(env, task, agent, episodes, context, args.seed)
             print(f"{task_name}/{name}: {episodes} episodes in {time.perf_counter() - start:.0f} s", flush=True)
         rate = {name: float(np.mean([r.success for r in res])) for name, res in results.items()}
         ms = {name: 1000.0 * sum(r.plan_seconds for r in res) / (episodes * task.budget) for name, res in results.items()}
         gap = rate["true"] - rate["random"]
         closed = (rate["model"] - rate["random"]) / gap if gap > 0 else math.nan
-        speed = imagined_steps_per_second(model, env, args.imagine_batch, args.horizon, args.context, repeats)
-        rows.append((task_name, episodes, rate, ms, closed, speed))
+        speed = imagined_steps_per_second(model, env, args.imagine_batch, args.horizon, context, repeats)
+        rows.append((task_name, episodes, rate, ms, closed, speed, context))
         frames = hstack_videos([r.frames for r in results["model"][:4]])
         gif = save_gif(frames, args.gif_dir / f"model_based_rl_{task_name}.gif", fps=5, scale=max(1, 96 // frames.shape[1]))
         print(f"{task_name}: GIF written to {gif}")
     if not rows:
         return
-    header = ["task", "episodes", "model CEM", "random", "true CEM", "gap closed", "ms/step model", "ms/step true", "imagined steps/s"]
+    header = ["task", "episodes", "context", "model CEM", "random", "true CEM", "gap closed", "ms/step model", "ms/step true", "imagined steps/s"]
 
     def pct(p: float, n: int) -> str:
         return f"{100 * p:.0f}% ± {100 * math.sqrt(p * (1 - p) / n):.0f}"
 
     table = [
-        [t, str(n), pct(r["model"], n), pct(r["random"], n), pct(r["true"], n), f"{c:.2f}", f"{m['model']:.0f}", f"{m['true']:.0f}", f"{s:,.0f}"]
-        for t, n, r, m, c, s in rows
+        [t, str(n), str(k), pct(r["model"], n), pct(r["random"], n), pct(r["true"], n), f"{c:.2f}", f"{m['model']:.0f}", f"{m['true']:.0f}", f"{s:,.0f}"]
+        for t, n, r, m, c, s, k in rows
     ]
     if args.markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -119,7 +125,7 @@ def main() -> None:
         for line in [header, *table]:
             print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
     print(f"CEM: horizon {args.horizon}, population {args.population}, elites {args.elites}, "
-          f"iterations {args.iterations}, particles {args.particles}; context {args.context}; seed {args.seed}")
+          f"iterations {args.iterations}, particles {args.particles}; seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -101,3 +101,14 @@ def print_table(title: str, values: dict[str, Any]) -> None:
 def write_json(path: Path, values: dict[str, Any]) -> None:
     """Write ``values`` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def parse_env_kwargs(text: str) -> dict[str, Any]:
+    """The ``--env-kwargs`` option: a JSON object of environment keyword arguments."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--env-kwargs: got {text!r}, not valid JSON ({err.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--env-kwargs: got {text!r}; expected a JSON object")
+    return kwargs

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import typer
 
 from seqlvm.cli.app import command
+from seqlvm.cli.common import parse_env_kwargs
 
 _SUFFIXES = (".h5", ".hdf5")
 
@@ -44,13 +44,7 @@ def generate(
         raise ValueError(f"--out: got {str(out)!r}; expected a file name ending in {' or '.join(_SUFFIXES)}")
     if out.exists() and not force:
         raise ValueError(f"--out: {str(out)!r} exists; pass --force to replace it")
-    try:
-        kwargs = json.loads(env_kwargs)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--env-kwargs: got {env_kwargs!r}, not valid JSON ({err.msg})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--env-kwargs: got {env_kwargs!r}; expected a JSON object")
-
+    kwargs = parse_env_kwargs(env_kwargs)
     generation = plan_generation(
         env_id, out, num_episodes=episodes, num_steps=steps, seed=seed, workers=workers, env_kwargs=kwargs, policy=policy
     )

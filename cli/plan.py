@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from seqlvm.cli.app import command
-from seqlvm.cli.common import load_trained, print_table
+from seqlvm.cli.common import load_trained, parse_env_kwargs, print_table
 
 
 @command("plan")
@@ -16,6 +16,11 @@ def plan(
     checkpoint: Path = typer.Argument(..., help="Run folder (uses ckpt/best.pt) or checkpoint file."),
     task: str = typer.Option(..., "--task", help="goto (ImageNavigation) or hold (BouncingBall with pushes)."),
     env_id: str = typer.Option("", "--env", help="Real environment id (default: the task's)."),
+    env_kwargs: str = typer.Option(
+        "{}", "--env-kwargs",
+        help='JSON keyword arguments of the real env, e.g. \'{"exploration_blocked": "stay"}\' for a GTM-SM '
+        "trained on no-bump walks (the context is walked by the env's default policy).",
+    ),
     episodes: int = typer.Option(10, "--episodes", help="Episodes to run."),
     out: Path = typer.Option(..., "--out", help="GIF of the first episodes (up to 4, side by side)."),
     planner: str = typer.Option(
@@ -42,8 +47,9 @@ def plan(
     if episodes < 1 or context < 1:
         raise ValueError(f"--episodes and --context: must be at least 1, got {episodes} and {context}")
     the_task = make_task(task)
+    kwargs = parse_env_kwargs(env_kwargs)
     model, _, _ = load_trained(checkpoint)
-    env = gym.make(env_id or the_task.env_id).unwrapped
+    env = gym.make(env_id or the_task.env_id, **kwargs).unwrapped
     check_model_fits(model, env.observation_space, env.action_space)
     agent = make_agent(planner, the_task, env.action_space, model, horizon, population, elites, iterations, particles)
     results = run_episodes(env, the_task, agent, episodes, context, seed)

@@ -57,18 +57,23 @@ def model_rollout(
 
 def env_rollout(env: gym.Env, task: Task, goal: Any) -> RolloutFn:
     """Score sequences with the true simulator: each plays in a deep copy of ``env`` (its current
-    state, random generator included); the task rewards the observations as a model would see them."""
+    state, random generator included); the task rewards the observations as a model would see them,
+    and the simulator's ``info["state"]`` (when it reports one) as the latents."""
     space = check_observation_space(env.observation_space)
 
     def rollout(actions: Tensor) -> Tensor:
         raw = decode_actions(env.action_space, actions.numpy())
         J, H = actions.shape[:2]
         frames = np.empty((J, H, *space.shape), space.dtype)
+        states: list[list[np.ndarray]] = []
         for j in range(J):
             sim = copy.deepcopy(env)
-            for h in range(H):
-                frames[j, h] = sim.step(raw[j, h])[0]
-        return task.reward(goal, to_model(space, frames), None)
+            steps = [sim.step(raw[j, h]) for h in range(H)]
+            frames[j] = np.stack([step[0] for step in steps])
+            if all("state" in step[4] for step in steps):
+                states.append([np.asarray(step[4]["state"], np.float32) for step in steps])
+        latents = torch.from_numpy(np.asarray(states)) if len(states) == J else None
+        return task.reward(goal, to_model(space, frames), latents)
 
     return rollout
 

@@ -71,7 +71,9 @@ class GotoTask:
     ``infer_states(u: (B, T, A)) -> (B, T, S)`` (the states of an action sequence started from the
     origin, as GTM-SM) and imagined the latents, also ``- state_weight * ||l - s_t||^2`` with ``l``
     the first S entries of the imagined latent (which must begin with that state) and ``s_t`` the
-    state of the context's actions at step t.
+    state of the context's actions at step t. Planning over the true simulator (``model=None`` at
+    reset, :func:`~seqlvm.rl.planners.env_rollout`), the simulator's own state plays that part:
+    ``info["state"]``, the true cell, against the goal's cell, so both planners get a dense signal.
 
     Success: the agent's true cell equals the goal cell after some step of the episode.
     """
@@ -89,7 +91,9 @@ class GotoTask:
         t = int(rng.choice(moved)) if moved.size else int(rng.integers(len(cells)))
         crop = torch.as_tensor(context.observations[t]).movedim(-1, 0).float() / 255.0
         state = None
-        if model is not None and hasattr(model, "infer_states"):
+        if model is None:
+            state = torch.as_tensor(context.states[t], dtype=torch.float32)
+        elif hasattr(model, "infer_states"):
             u = torch.as_tensor(context.actions)[None]
             with torch.no_grad():
                 state = model.infer_states(u)[0, t]

@@ -19,7 +19,7 @@ def model_based_rl():
 def test_benchmark_runs_the_three_agents_and_writes_a_gif(model_based_rl, tmp_path, monkeypatch, capsys):
     checkpoint = save_model(tiny_kvae((1, 32, 32), 2), tmp_path / "ball.pt")
     monkeypatch.setattr(sys, "argv", [
-        "model_based_rl.py", "--ball-checkpoint", str(checkpoint), "--episodes", "2", "--context", "3",
+        "model_based_rl.py", "--ball-checkpoint", str(checkpoint), "--episodes", "2", "--ball-context", "3",
         "--horizon", "2", "--population", "4", "--elites", "1", "--iterations", "1", "--imagine-batch", "8",
         "--gif-dir", str(tmp_path),
     ])

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.cli.helpers import assert_user_error, invoke
-from tests.rl.conftest import save_model, tiny_kvae
+from tests.rl.conftest import save_model, tiny_gtmsm, tiny_kvae
 
 SMALL = ("--episodes", 2, "--context", 3, "--horizon", 3, "--population", 6, "--elites", 2, "--iterations", 1)
 
@@ -29,6 +29,15 @@ def test_plan_prints_success_and_timing_and_writes_a_gif(planner, ball_checkpoin
         assert gif.size[0] > gif.size[1]  # two episodes side by side
 
 
+def test_plan_goto_with_a_gtmsm_on_no_bump_walks(tmp_path):
+    checkpoint = save_model(tiny_gtmsm(), tmp_path / "gtmsm.pt")
+    out = tmp_path / "goto.gif"
+    result = invoke("plan", checkpoint, "--task", "goto", "--env-kwargs", '{"exploration_blocked": "stay"}',
+                    "--out", out, *SMALL[:2], "--context", 12, *SMALL[4:])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "success rate" in result.stdout and out.is_file()
+
+
 def test_plan_errors_are_one_line(ball_checkpoint, tmp_path):
     gif = tmp_path / "p.gif"
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--out", tmp_path / "p.png"), "--out: the episodes are written as .gif")
@@ -38,4 +47,5 @@ def test_plan_errors_are_one_line(ball_checkpoint, tmp_path):
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--episodes", 0, "--out", gif), "--episodes and --context")
     assert_user_error(invoke("plan", tmp_path / "none.pt", "--task", "hold", "--out", gif), "no such file")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--horizon", 0, "--out", gif), "horizon must be an int >= 1")
+    assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env-kwargs", "[1]", "--out", gif), "--env-kwargs: got '[1]'; expected a JSON object")
     assert not gif.exists()

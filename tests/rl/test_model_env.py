@@ -15,10 +15,17 @@ from seqlvm.rl.spaces import to_env, to_model
 from tests.rl.conftest import tiny_kvae
 
 
-@pytest.mark.parametrize("env_id, task", [("seqlvm/BouncingBall-v0", "hold"), ("seqlvm/ImageNavigation-v0", "goto")])
-def test_model_env_passes_the_env_checker(env_id, task, ball_kvae, nav_kvae):
-    model = ball_kvae if task == "hold" else nav_kvae
-    check_env(ModelEnv(model, env_id, task, context_steps=4), skip_render_check=True)
+CASES = [
+    ("seqlvm/BouncingBall-v0", "hold", "ball_kvae"),
+    ("seqlvm/ImageNavigation-v0", "goto", "nav_kvae"),
+    ("seqlvm/ImageNavigation-v0", "goto", "nav_gtmsm"),
+]
+
+
+@pytest.mark.parametrize("env_id, task, fixture", CASES)
+def test_model_env_passes_the_env_checker(env_id, task, fixture, request):
+    model = request.getfixturevalue(fixture)
+    check_env(ModelEnv(model, env_id, task, context_steps=6), skip_render_check=True)
 
 
 def test_made_from_a_checkpoint_by_its_registered_id(ball_checkpoint):
@@ -30,9 +37,9 @@ def test_made_from_a_checkpoint_by_its_registered_id(ball_checkpoint):
     assert info["latent"].shape == (4 + 2,) and np.isfinite(info["log_prob"])
 
 
-@pytest.mark.parametrize("env_id, task", [("seqlvm/BouncingBall-v0", "hold"), ("seqlvm/ImageNavigation-v0", "goto")])
-def test_stepping_agrees_with_imagine_for_the_same_seed(env_id, task, ball_kvae, nav_kvae):
-    model = ball_kvae if task == "hold" else nav_kvae
+@pytest.mark.parametrize("env_id, task, fixture", CASES)
+def test_stepping_agrees_with_imagine_for_the_same_seed(env_id, task, fixture, request):
+    model = request.getfixturevalue(fixture)
     env = ModelEnv(model, env_id, task, context_steps=5)
     env.reset(seed=11)
     actions = [env.action_space.sample() for _ in range(4)]

@@ -82,15 +82,17 @@ def test_env_rollout_plays_copies_and_leaves_the_env_alone():
     before = copy.deepcopy(env._position)
     task = GotoTask()
     goal_crop = to_model(env.observation_space, env.image[0:8, 0:8])
-    goal = GotoGoal(goal_crop, np.zeros(2, np.int64), None)
+    goal = GotoGoal(goal_crop, np.zeros(2, np.int64), torch.zeros(2))  # the true cell (0, 0) as the state
     actions = torch.from_numpy(uniform_actions(env.action_space, np.random.default_rng(1), (3, 4)))
     rewards = env_rollout(env, task, goal)(actions)
     np.testing.assert_array_equal(env._position, before)
     for j in range(3):
         sim = copy.deepcopy(env)
-        crops = np.stack([sim.step(int(a.argmax()))[0] for a in actions[j]])
+        steps = [sim.step(int(a.argmax())) for a in actions[j]]
+        crops = np.stack([step[0] for step in steps])
+        cells = torch.tensor(np.stack([step[4]["state"] for step in steps]), dtype=torch.float32)
         expected = -(to_model(env.observation_space, crops) - goal_crop).pow(2).flatten(1).mean(-1)
-        torch.testing.assert_close(rewards[j], expected)
+        torch.testing.assert_close(rewards[j], expected - cells.pow(2).sum(-1))
 
 
 @pytest.mark.parametrize("kwargs, match", [
