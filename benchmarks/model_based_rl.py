@@ -13,7 +13,7 @@ learned model, uniform random actions (the floor) and CEM-MPC over copies of the
 standard error), the fraction of the random -> ceiling gap the model closes,
 ``(model - random) / (true - random)``, the planning time per real step, and the imagined steps per
 second of :func:`seqlvm.rl.imagine` (``--imagine-batch`` action sequences x ``--horizon`` steps,
-one batched call). It writes a GIF of the first four model-MPC episodes per task to ``--gif-dir``.
+one batched call). It writes a GIF of the first four model-MPC episodes per task (their task steps) to ``--gif-dir``.
 
 Run:  python benchmarks/model_based_rl.py --nav-checkpoint runs/gtmsm --ball-checkpoint runs/kvae_ball_push   (one CPU thread)
 """
@@ -102,7 +102,8 @@ def main() -> None:
         closed = (rate["model"] - rate["random"]) / gap if gap > 0 else math.nan
         speed = imagined_steps_per_second(model, env, args.imagine_batch, args.horizon, context, repeats)
         rows.append((task_name, episodes, rate, ms, closed, speed, context))
-        frames = hstack_videos([r.frames for r in results["model"][:4]])
+        # The task part of each episode: the last context frame, then the budget's steps.
+        frames = hstack_videos([r.frames[-(task.budget + 1):] for r in results["model"][:4]])
         gif = save_gif(frames, args.gif_dir / f"model_based_rl_{task_name}.gif", fps=5, scale=max(1, 96 // frames.shape[1]))
         print(f"{task_name}: GIF written to {gif}")
     if not rows:
