@@ -147,25 +147,6 @@ class SequenceModel(nn.Module):
             config = config_from_dict(cls.config_class, config)
         return cls(config)
 
-    def rollout_start(
-        self,
-        x: Tensor,
-        u: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_particles: int = 1,
-        generator: torch.Generator | None = None,
-    ) -> Any:
-        """Condition on the context x (B, T, *event) and draw ``num_particles`` latent states per
-        sequence; returns the carry for :meth:`rollout_step` (see the module docstring)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be stepped as a simulator (no rollout_start)")
-
-    def rollout_step(
-        self, carry: Any, u: Tensor | None, generator: torch.Generator | None = None
-    ) -> tuple[Any, RolloutStep]:
-        """Advance every particle of ``carry`` by one step under the action u (N, A); returns the new
-        carry and the step's decoded observation, latent and transition log-density."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be stepped as a simulator (no rollout_step)")
-
     def config_dict(self) -> dict[str, Any]:
         """The config as a plain dict (what checkpoints store)."""
         return dataclasses.asdict(self.config)

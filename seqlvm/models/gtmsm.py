@@ -51,7 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlvm.memory.dnd import DNDLookup, dnd_lookup
-from seqlvm.models.base import ELBO, Forecast, Imputation, RolloutStep, SequenceModel
+from seqlvm.models.base import (
+    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
+)
 
 __all__ = ["GTMSM", "GTMSMConfig", "GTMSMSamples"]
 
@@ -612,7 +614,7 @@ class GTMSM(SequenceModel):
     ) -> _Carry:
         """Memorise the context x (B, T, C, H, W) walked with u (B, T, A); every particle starts at
         the context's last state (the memory is shared by the P particles of a sequence, not copied)."""
-        _positive_int("GTMSM.rollout_start", "num_particles", num_particles)
+        check_num_particles(num_particles, "GTMSM.rollout_start")
         x, mask, u = self._inputs(x, mask, u, "rollout_start")
         memory = self._memorise(x, u, mask, generator)
         return _Carry(memory, memory.keys[:, -1].repeat(num_particles, 1))
@@ -628,11 +630,7 @@ class GTMSM(SequenceModel):
             raise ValueError(f"GTMSM.rollout_step: carry must come from rollout_start; got {type(carry).__name__}")
         N, B = carry.states.shape[0], carry.memory.keys.shape[0]
         P = N // B
-        A = self.config.control_dim
-        if not isinstance(u, Tensor) or tuple(u.shape) != (N, A):
-            got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
-            raise ValueError(f"GTMSM.rollout_step: u must have shape ({N}, {A}), one action per particle; got {got}")
-        u = self._check_actions(u.unsqueeze(1), N, 1, "rollout_step")[:, 0]
+        u = check_step_controls(u, N, self.config.control_dim, carry.states, "GTMSM.rollout_step")
         std = self.config.transition_std
         eps = torch.randn(carry.states.shape, dtype=u.dtype, device=u.device, generator=generator)
         states = self.transition(carry.states, u) + std * eps

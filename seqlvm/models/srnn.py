@@ -51,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlvm.models.base import ELBO, Forecast, Imputation, SequenceModel
+from seqlvm.models.base import (
+    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
+)
 
 LOG_2PI = math.log(2.0 * math.pi)
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -684,25 +686,61 @@ class SRNN(SequenceModel):
             probs = probs.view(S, B, horizon, -1).mean(0)
         return Forecast(mean=samples.mean(0), std=samples.std(0, unbiased=False), samples=samples, probs=probs)
 
+    def _transition(
+        self, z: Tensor, d: Tensor, features: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One generative step from z (N, z), d (N, d) and the input features (N, 1, F):
+        ``d_t = GRU(features, d)``, ``z_t ~ p(z_t | z, d_t)``. Returns z_t, d_t and log p(z_t | z, d_t)."""
+        d_t = self.forward_gru(features, d[None])[1][0]
+        mp, lp = self.prior(self.prior.project(d_t), z)
+        eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        z_t = mp + torch.exp(0.5 * lp) * eps
+        return z_t, d_t, _gaussian_log_prob(z_t, mp, lp).sum(-1)
+
     def _generate(
         self, num_steps: int, z: Tensor, d: Tensor, x_prev: Tensor, u: Tensor | None, generator: torch.Generator | None
     ) -> SRNNSamples:
         """Run the generative model forward from states z (N, z), d (N, d) and the last frame (N, 1, D)."""
-        h = d[None]
         zs, ds, xs = [], [], []
         for t in range(num_steps):
             feat = self.input_features(u[:, t : t + 1]) if u is not None else self.features(x_prev)
-            h = self.forward_gru(feat, h)[1]
-            d_t = h[0]
-            mp, lp = self.prior(self.prior.project(d_t), z)
-            eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-            z = mp + torch.exp(0.5 * lp) * eps
-            x_t = self._draw_obs(*self._observation(torch.cat([d_t, z], -1)), generator)
+            z, d, _ = self._transition(z, d, feat, generator)
+            x_t = self._draw_obs(*self._observation(torch.cat([d, z], -1)), generator)
             zs.append(z)
-            ds.append(d_t)
+            ds.append(d)
             xs.append(x_t)
             x_prev = x_t[:, None]
         return SRNNSamples(torch.stack(zs, 1), torch.stack(ds, 1), torch.stack(xs, 1))
+
+    def rollout_start(
+        self,
+        x: Tensor,
+        u: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_particles: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Condition on the context x (B, T, D) driven by u (B, T, k): P = ``num_particles`` draws of
+        (z_T, d_T) from the posterior, rows particle-major. Needs a model with inputs
+        (``control_dim > 0``), whose future the actions drive."""
+        if not self.config.control_dim:
+            raise ValueError("SRNN.rollout_start: the model has control_dim = 0 (its inputs are x_{t-1}); a simulator needs actions as inputs")
+        check_num_particles(num_particles, "SRNN.rollout_start")
+        _, run = self._posterior(x, mask, u, num_particles, generator, "rollout_start")
+        return run.z_last, run.d_last
+
+    def rollout_step(
+        self, carry: tuple[Tensor, Tensor], u: Tensor | None, generator: torch.Generator | None = None
+    ) -> tuple[tuple[Tensor, Tensor], RolloutStep]:
+        """d <- GRU(phi(u), d), z ~ p(z | z, d); observation: the predictive mean of x given (z, d)
+        (the Bernoulli probabilities or the Gaussian mean); latent: z; log_prob: log p(z | z_prev, d)."""
+        z, d = carry
+        u = check_step_controls(u, z.shape[0], self.config.control_dim, z, "SRNN.rollout_step")
+        z, d, log_p = self._transition(z, d, self.input_features(u[:, None]), generator)
+        mean, _ = self._observation(torch.cat([d, z], -1))
+        if self.config.likelihood == "bernoulli":
+            mean = torch.sigmoid(mean)
+        return (z, d), RolloutStep(mean, z, log_p)
 
     def sample(
         self,

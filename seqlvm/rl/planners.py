@@ -14,6 +14,7 @@ H rewards), in the env's format; randomness comes from ``rng`` only.
 
 from __future__ import annotations
 
+import abc
 import copy
 from typing import Any, Callable
 
@@ -78,7 +79,7 @@ def env_rollout(env: gym.Env, task: Task, goal: Any) -> RolloutFn:
     return rollout
 
 
-class _SamplingPlanner:
+class _SamplingPlanner(abc.ABC):
     """Shared loop: ``iterations`` rounds of sampling ``population`` sequences, scoring them with the
     rollout function and refitting the sampling distribution; returns the best sequence's first action."""
 
@@ -95,9 +96,9 @@ class _SamplingPlanner:
     def reset(self) -> None:
         """Forget what was learned in the previous episode."""
 
+    @abc.abstractmethod
     def _sample(self, rng: np.random.Generator) -> np.ndarray:
         """(population, horizon, A) encoded candidate sequences."""
-        raise NotImplementedError
 
     def _fit(self, candidates: np.ndarray, returns: np.ndarray) -> None:
         """Update the sampling distribution from the scored candidates."""

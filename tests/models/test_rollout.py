@@ -1,13 +1,13 @@
-"""The simulator interface (rollout_start / rollout_step) of LGSSM and KVAE, against exact oracles:
+"""The simulator interface (rollout_start / rollout_step) of LGSSM, KVAE and SRNN, against exact oracles:
 the Kalman forecast's moments, Gaussian densities from torch.distributions, the KVAE's own forecast
-sample paths, and errors for bad input."""
+sample paths, the SRNN's generative step re-done by hand, and errors for bad input."""
 
 import pytest
 import torch
-from torch.distributions import MultivariateNormal
+from torch.distributions import MultivariateNormal, Normal
 
 from seqlvm.kalman import forecast as kalman_forecast
-from seqlvm.models import LGSSM, LGSSMConfig
+from seqlvm.models import LGSSM, SRNN, LGSSMConfig, SRNNConfig
 from seqlvm.models.kvae import KVAECarry
 from tests.models.test_kvae import moving_dots, tiny
 
@@ -142,3 +142,45 @@ def test_models_without_controls_refuse_an_action():
             model.rollout_step(carry, torch.zeros(1, 1))
         _, step = model.rollout_step(carry, None)
     assert step.observation.shape == (1, 1, 8, 8) and bool(((step.observation >= 0) & (step.observation <= 1)).all())
+
+
+def small_srnn(control_dim: int = 2) -> SRNN:
+    torch.manual_seed(0)
+    return SRNN(SRNNConfig(obs_dim=3, control_dim=control_dim, likelihood="gaussian", state_dim=4,
+                           deterministic_dim=6, inference_dim=6, feature_dims=[5], hidden_dim=7,
+                           output_hidden_dims=[8])).double().eval()
+
+
+def test_srnn_step_is_the_generative_transition():
+    """d' = GRU(phi(u), d), z' = mu_p + sigma_p eps with the generator's eps; observation = the
+    output mean at (d', z'); log_prob = log N(z'; mu_p, sigma_p^2), all re-done from the modules."""
+    model = small_srnn()
+    g = torch.Generator().manual_seed(0)
+    z, d = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    u = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        (z1, d1), step = model.rollout_step((z, d), u, torch.Generator().manual_seed(5))
+        d_ref = model.forward_gru(model.input_features(u[:, None]), d[None])[1][0]
+        mp, lp = model.prior(model.prior.project(d_ref), z)
+        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        z_ref = mp + torch.exp(0.5 * lp) * eps
+        mean = model._observation(torch.cat([d_ref, z_ref], -1))[0]
+    torch.testing.assert_close(d1, d_ref)
+    torch.testing.assert_close(z1, z_ref)
+    torch.testing.assert_close(step.latent, z_ref)
+    torch.testing.assert_close(step.observation, mean)
+    torch.testing.assert_close(step.log_prob, Normal(mp, torch.exp(0.5 * lp)).log_prob(z_ref).sum(-1))
+
+
+def test_srnn_rollout_starts_from_the_posterior_and_needs_actions():
+    model = small_srnn()
+    x, u = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
+    carry = model.rollout_start(x, u, num_particles=3, generator=torch.Generator().manual_seed(1))
+    post, run = model._posterior(x, None, u, 3, torch.Generator().manual_seed(1), "test")
+    torch.testing.assert_close(carry[0], run.z_last)
+    torch.testing.assert_close(carry[1], run.d_last)
+    assert carry[0].shape == (6, 4)
+    with pytest.raises(ValueError, match="control_dim = 0"):
+        small_srnn(control_dim=0).rollout_start(x)
+    with pytest.raises(ValueError, match="u must have shape"):
+        model.rollout_step(carry, u[:, 0])
