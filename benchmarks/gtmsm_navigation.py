@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from seqlvm.data import SequenceDataset, write_sequences  # noqa: E402
-from seqlvm.envs import ImageNavigationEnv, rollout  # noqa: E402
+from seqlvm.envs import roll_episodes  # noqa: E402
 from seqlvm.metrics import affine_r2  # noqa: E402
 from seqlvm.models import GTMSM, SRNN  # noqa: E402
 from seqlvm.train import load_model  # noqa: E402
@@ -65,12 +65,11 @@ def flatten(src: str, dst: str) -> None:
 
 
 def test_walks(episodes: int, steps: int, seed: int, blocked: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Held-out episodes: crops (N, T, 3, 8, 8) in [0, 1], one-hot actions (N, T, 5), positions (N, T, 2)."""
-    env = ImageNavigationEnv(exploration_blocked=blocked)
-    policy = env.default_policy()
-    eps = [rollout(env, policy, steps, seed + 2 * i, seed + 2 * i + 1) for i in range(episodes)]
-    x = torch.tensor(np.stack([e.observations for e in eps])).permute(0, 1, 4, 2, 3).float() / 255
-    return x, torch.tensor(np.stack([e.actions for e in eps])), np.stack([e.states for e in eps]).astype(np.int64)
+    """Held-out episodes (``seqlvm.envs.roll_episodes`` with ``seed``): crops (N, T, 3, 8, 8) in
+    [0, 1], one-hot actions (N, T, 5), positions (N, T, 2)."""
+    eps = roll_episodes("seqlvm/ImageNavigation-v0", {"exploration_blocked": blocked}, "default", seed, 0, episodes, steps)
+    x = torch.from_numpy(eps.observations).permute(0, 1, 4, 2, 3).float() / 255
+    return x, torch.from_numpy(eps.actions), eps.states.astype(np.int64)
 
 
 def oracle(x: torch.Tensor, pos: np.ndarray, tau: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -158,7 +157,7 @@ def main() -> None:
     parser.add_argument("--blocked", default="stay", choices=["stay", "bump"], help="exploration at the border")
     parser.add_argument("--delta", type=float, default=0.0, help="evaluate with this kernel delta (0: the model's)")
     parser.add_argument("--srnn-samples", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=10_000_000, help="first seed of the held-out episodes")
+    parser.add_argument("--seed", type=int, default=10_000_000, help="seed of the held-out episodes (the training files used 1 and 2)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--docs", default="", help="folder for the map picture and the GIF ('' skips them)")
     parser.add_argument("--threads", type=int, default=1)
