@@ -72,7 +72,8 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--elites", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=3)
-    ap.add_argument("--particles", type=int, default=1)
+    ap.add_argument("--particles", type=int, default=1, help="sampled model paths per sequence (with --noise)")
+    ap.add_argument("--noise", action="store_true", help="plan on sampled model paths instead of the mean path")
     ap.add_argument("--imagine-batch", type=int, default=1000, help="action sequences of the imagine timing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gif-dir", type=Path, default=Path("."), help="folder of model_based_rl_<task>.gif")
@@ -92,7 +93,8 @@ def main() -> None:
         check_model_fits(model, env.observation_space, env.action_space)
         results = {}
         for name, kind in AGENTS:
-            agent = make_agent(kind, task, env.action_space, model, args.horizon, args.population, args.elites, args.iterations, args.particles)
+            agent = make_agent(kind, task, env.action_space, model, args.horizon, args.population, args.elites, args.iterations,
+                               args.particles, args.noise)
             start = time.perf_counter()
             results[name] = run_episodes(env, task, agent, episodes, context, args.seed)
             print(f"{task_name}/{name}: {episodes} episodes in {time.perf_counter() - start:.0f} s", flush=True)
@@ -126,7 +128,7 @@ def main() -> None:
         for line in [header, *table]:
             print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
     print(f"CEM: horizon {args.horizon}, population {args.population}, elites {args.elites}, "
-          f"iterations {args.iterations}, particles {args.particles}; seed {args.seed}")
+          f"iterations {args.iterations}, " + (f"{args.particles} sampled paths" if args.noise else "mean path") + f"; seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,11 @@ def plan(
     population: int = typer.Option(100, "--population", help="Action sequences per iteration."),
     elites: int = typer.Option(10, "--elites", help="Elite sequences CEM refits to."),
     iterations: int = typer.Option(3, "--iterations", help="CEM iterations per step."),
-    particles: int = typer.Option(1, "--particles", help="Model particles per action sequence."),
+    noise: bool = typer.Option(
+        False, "--noise/--mean-path",
+        help="Score each action sequence on --particles sampled model paths, or on the model's mean path (the default).",
+    ),
+    particles: int = typer.Option(1, "--particles", help="Sampled model paths per action sequence (with --noise)."),
     context: int = typer.Option(10, "--context", help="Observations under the env's default policy before the task starts."),
     seed: int = typer.Option(0, "--seed", help="Seed of the episodes (episode i uses default_rng([seed, i]))."),
 ) -> None:
@@ -51,7 +55,7 @@ def plan(
     model, _, _ = load_trained(checkpoint)
     env = gym.make(env_id or the_task.env_id, **kwargs).unwrapped
     check_model_fits(model, env.observation_space, env.action_space)
-    agent = make_agent(planner, the_task, env.action_space, model, horizon, population, elites, iterations, particles)
+    agent = make_agent(planner, the_task, env.action_space, model, horizon, population, elites, iterations, particles, noise)
     results = run_episodes(env, the_task, agent, episodes, context, seed)
     steps = episodes * the_task.budget
     print_table(f"{planner} on {task} in {env_id or the_task.env_id}, {episodes} episodes", {

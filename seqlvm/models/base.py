@@ -13,10 +13,16 @@ Every model is an ``nn.Module`` built from a ``Config`` dataclass and answers th
 
 Models that can serve as simulators (``seqlvm.rl``) also step forward one action at a time:
 
-- ``rollout_start(x, u=None, mask=None, num_particles=1, generator=None) -> carry``: condition
-  on a context and draw ``num_particles`` latent states per sequence;
-- ``rollout_step(carry, u_t, generator=None) -> (carry, RolloutStep)``: advance every particle
-  by one step under the action ``u_t`` and decode it.
+- ``rollout_start(x, u=None, mask=None, num_particles=1, generator=None, noise=True) -> carry``:
+  condition on a context and draw ``num_particles`` latent states per sequence;
+- ``rollout_step(carry, u_t, generator=None, noise=True) -> (carry, RolloutStep)``: advance every
+  particle by one step under the action ``u_t`` and decode it.
+
+With ``noise=False`` nothing is drawn: the start is the posterior mean of the last state and each
+step takes the transition's conditional mean, so every particle follows the one *mean path* (what
+``forecast`` returns as ``mean`` where the model has a closed form) and ``log_prob`` is 0. A
+planner scoring action sequences with one rollout each needs this: a single sampled path adds
+noise that can dwarf the differences between the actions.
 
 The carry is opaque to callers (a tuple of tensors); its rows, like every tensor of a
 ``RolloutStep``, are the ``N = P·B`` particles ordered particle-major, row ``p·B + b`` (the order
@@ -44,6 +50,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from seqlvm.kalman.linalg import sample_gaussian
 
 
 class ELBO(NamedTuple):
@@ -110,7 +118,7 @@ class RolloutStep(NamedTuple):
 
     observation: (N, *event) the decoded observation: its predictive mean given the sampled latent.
     latent:      (N, L) the model's latent state after the step (what a reward may read).
-    log_prob:    (N,) log density of the sampled latent transition of this step.
+    log_prob:    (N,) log density of the sampled latent transition of this step (0 without noise).
     """
 
     observation: Tensor
@@ -156,6 +164,16 @@ def check_num_particles(num_particles: int, fn: str) -> None:
     """``num_particles`` of ``rollout_start`` must be an int >= 1."""
     if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
         raise ValueError(f"{fn}: num_particles must be an int >= 1; got {num_particles!r}")
+
+
+def gaussian_step(
+    mean: Tensor, chol: Tensor, num_samples: int, generator: torch.Generator | None, noise: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`~seqlvm.kalman.linalg.sample_gaussian`'s draws (S·B, d) and log densities (S·B,) with
+    ``noise``; without, S copies of the mean (row ``s·B + b`` = mean b) and log densities 0."""
+    if noise:
+        return sample_gaussian(mean, chol, num_samples, generator)
+    return mean.repeat(num_samples, 1), mean.new_zeros(num_samples * mean.shape[0])
 
 
 def check_step_controls(u: Tensor | None, rows: int, control_dim: int, like: Tensor, fn: str) -> Tensor | None:

@@ -359,11 +359,14 @@ class GTMSM(SequenceModel):
         u = self._check_actions(u, u.shape[0], u.shape[1], "infer_states")
         return self._state_path(u)
 
-    def _values(self, mean: Tensor, log_std: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _values(self, mean: Tensor, log_std: Tensor, generator: torch.Generator | None, noise: bool = True) -> Tensor:
         """Memory values of frames with q(z|x) = N(mean, exp(log_std)²): (..., 2 z_dim) for
-        ``"posterior_params"``, a reparameterised draw (..., z_dim) for ``"sample"``."""
+        ``"posterior_params"``, a reparameterised draw (..., z_dim) for ``"sample"`` (the mean
+        without noise)."""
         if self.config.value_type == "posterior_params":
             return torch.cat([mean, log_std], -1)
+        if not noise:
+            return mean
         eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
         return mean + log_std.exp() * eps
 
@@ -412,10 +415,12 @@ class GTMSM(SequenceModel):
         empty = (look.weights.sum(-1) == 0)[..., None, None, None]
         return torch.where(empty, self.decode(mean.new_zeros(mean.shape[-1])), frames)
 
-    def _memorise(self, x: Tensor, u: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> _Memory:
+    def _memorise(
+        self, x: Tensor, u: Tensor, mask: Tensor, generator: torch.Generator | None = None, noise: bool = True
+    ) -> _Memory:
         """The memory of the context frames x (B, T, C, H, W) with actions u and step mask (B, T)."""
         mean, log_std = self.encode(x)
-        return _Memory(self._state_path(u), self._values(mean, log_std, generator), mask)
+        return _Memory(self._state_path(u), self._values(mean, log_std, generator, noise), mask)
 
     # ----------------------------------------------------------------------------- objective
 
@@ -611,26 +616,35 @@ class GTMSM(SequenceModel):
         mask: Tensor | None = None,
         num_particles: int = 1,
         generator: torch.Generator | None = None,
+        noise: bool = True,
     ) -> _Carry:
         """Memorise the context x (B, T, C, H, W) walked with u (B, T, A); every particle starts at
-        the context's last state (the memory is shared by the P particles of a sequence, not copied)."""
+        the context's last state (the memory is shared by the P particles of a sequence, not copied).
+        ``noise=False`` stores ``"sample"`` values at their means."""
         check_num_particles(num_particles, "GTMSM.rollout_start")
         x, mask, u = self._inputs(x, mask, u, "rollout_start")
-        memory = self._memorise(x, u, mask, generator)
+        memory = self._memorise(x, u, mask, generator, noise)
         return _Carry(memory, memory.keys[:, -1].repeat(num_particles, 1))
 
     def rollout_step(
-        self, carry: _Carry, u: Tensor | None, generator: torch.Generator | None = None
+        self, carry: _Carry, u: Tensor | None, generator: torch.Generator | None = None, noise: bool = True
     ) -> tuple[_Carry, RolloutStep]:
         """s <- transition(s, u) + eps; k ~ w(s); z ~ component k; observation = decoder(z).
 
         latent: the state s (N, state_dim); log_prob: log N(s; transition, transition_std²) +
-        log w_k + log N(z; component k)."""
+        log w_k + log N(z; component k). Without noise: s <- transition(s, u), the observation is
+        the mixture's mean frame sum_k w_k decoder(mu^(k)) (as :meth:`forecast`), log_prob 0."""
         if not isinstance(carry, _Carry):
             raise ValueError(f"GTMSM.rollout_step: carry must come from rollout_start; got {type(carry).__name__}")
         N, B = carry.states.shape[0], carry.memory.keys.shape[0]
         P = N // B
         u = check_step_controls(u, N, self.config.control_dim, carry.states, "GTMSM.rollout_step")
+        if not noise:
+            states = self.transition(carry.states, u)
+            look = self._lookup(carry.memory, states.view(P, B, -1).transpose(0, 1))
+            frames = self._mixture_mean(look).transpose(0, 1)  # (P, B, C, H, W)
+            frames = frames.reshape(N, *frames.shape[2:])
+            return _Carry(carry.memory, states), RolloutStep(frames, states, states.new_zeros(N))
         std = self.config.transition_std
         eps = torch.randn(carry.states.shape, dtype=u.dtype, device=u.device, generator=generator)
         states = self.transition(carry.states, u) + std * eps

@@ -54,6 +54,7 @@ from seqlvm.kalman import (
 from seqlvm.kalman.linalg import matvec, safe_cholesky, sample_gaussian, sym
 from seqlvm.models.base import (
     ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
+    gaussian_step,
 )
 from seqlvm.nn import FrameDecoder, FrameEncoder, GaussianHead, check_frame_shape
 
@@ -542,11 +543,14 @@ class KVAE(SequenceModel):
             states.append(carry.z)
         return torch.stack(codes, 1), torch.stack(states, 1)
 
-    def _start(self, post: KVAEPosterior, num_particles: int, generator: torch.Generator | None) -> KVAECarry:
+    def _start(
+        self, post: KVAEPosterior, num_particles: int, generator: torch.Generator | None, noise: bool = True
+    ) -> KVAECarry:
         """P = num_particles draws ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` per sequence of a filtered
-        context, with the alpha-LSTM state and the code that drive the next step (rows p·B + b)."""
+        context (copies of the mean without noise), with the alpha-LSTM state and the code that
+        drive the next step (rows p·B + b)."""
         P, dyn = num_particles, post.dynamics
-        z, _ = sample_gaussian(post.kalman.means[:, -1], safe_cholesky(post.kalman.covs[:, -1]), P, generator)
+        z, _ = gaussian_step(post.kalman.means[:, -1], safe_cholesky(post.kalman.covs[:, -1]), P, generator, noise)
         state = None if dyn.state is None else (dyn.state[0].repeat(1, P, 1), dyn.state[1].repeat(1, P, 1))
         return KVAECarry(z, dyn.a_next.repeat(P, 1), state)
 
@@ -557,29 +561,34 @@ class KVAE(SequenceModel):
         mask: Tensor | None = None,
         num_particles: int = 1,
         generator: torch.Generator | None = None,
+        noise: bool = True,
     ) -> KVAECarry:
         """Filter the context x (B, T, C, H, W) (encoder means, as :meth:`filter`) and draw
-        P = ``num_particles`` states ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` per sequence.
+        P = ``num_particles`` states ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` per sequence
+        (``noise=False``: P copies of ``m_{T-1|T-1}``, the start of :meth:`forecast`'s mean).
 
         Returns the :class:`KVAECarry` of N = P·B particles, row ``p·B + b`` a draw for sequence b.
         """
         check_num_particles(num_particles, "KVAE.rollout_start")
-        return self._start(self._posterior(x, mask, u, False, "rollout_start"), num_particles, generator)
+        return self._start(self._posterior(x, mask, u, False, "rollout_start"), num_particles, generator, noise)
 
     def rollout_step(
-        self, carry: KVAECarry, u: Tensor | None, generator: torch.Generator | None = None
+        self, carry: KVAECarry, u: Tensor | None, generator: torch.Generator | None = None, noise: bool = True
     ) -> tuple[KVAECarry, RolloutStep]:
-        """One noisy step of every particle (:meth:`_transition`) under u (N, k) (None without controls).
+        """One step of every particle (:meth:`_transition`, noisy unless ``noise=False``) under u (N, k)
+        (None without controls).
 
         RolloutStep: observation = the decoder mean ``E[x' | a']`` (N, C, H, W); latent = ``[z', a']``
-        (N, dim_z + dim_a), the whole sampled state of the step; log_prob =
-        ``log N(z'; A z + B u, Q) + log N(a'; C z', R)`` (N,).
+        (N, dim_z + dim_a), the whole state of the step; log_prob =
+        ``log N(z'; A z + B u, Q) + log N(a'; C z', R)`` (N,), 0 without noise.
         """
         n = self.config.dim_z
         if not (isinstance(carry, KVAECarry) and carry.z.dim() == 2 and carry.z.shape[1] == n):
             raise ValueError(f"KVAE.rollout_step: carry must be the KVAECarry of rollout_start, z (N, {n}); got {type(carry).__name__}")
         u = check_step_controls(u, carry.z.shape[0], self.config.control_dim, carry.z, "KVAE.rollout_step")
-        carry, log_prob = self._transition(carry, u, True, generator)
+        carry, log_prob = self._transition(carry, u, noise, generator)
+        if log_prob is None:
+            log_prob = carry.z.new_zeros(carry.z.shape[0])
         return carry, RolloutStep(self.frame_means(carry.a), torch.cat([carry.z, carry.a], -1), log_prob)
 
     def forecast(

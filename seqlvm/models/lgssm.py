@@ -26,9 +26,10 @@ from seqlvm.kalman import (
     kalman_smoother,
     sample_prior,
 )
-from seqlvm.kalman.linalg import matvec, safe_cholesky, sample_gaussian, sym
+from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
 from seqlvm.models.base import (
     ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
+    gaussian_step,
 )
 
 PARAMETERS = ("A", "B", "C", "Q", "R", "m0", "P0")
@@ -326,22 +327,24 @@ class LGSSM(SequenceModel):
         mask: Tensor | None = None,
         num_particles: int = 1,
         generator: torch.Generator | None = None,
+        noise: bool = True,
     ) -> tuple[Tensor]:
         """Filter the context x (B, T, m) and draw P = ``num_particles`` last states per sequence,
-        ``z_{T-1} ~ p(z_{T-1} | x_{0:T-1}) = N(m_{T-1|T-1}, P_{T-1|T-1})``.
+        ``z_{T-1} ~ p(z_{T-1} | x_{0:T-1}) = N(m_{T-1|T-1}, P_{T-1|T-1})`` (with ``noise=False``,
+        P copies of ``m_{T-1|T-1}``).
 
         Returns the carry ``(z,)``, z (P·B, n), row ``p·B + b`` a draw for sequence b.
         """
         check_num_particles(num_particles, "LGSSM.rollout_start")
         x, mask, u = self._inputs(x, mask, u, "rollout_start")
         f = kalman_filter(self.params(), x, mask, u, self.config.method)
-        z, _ = sample_gaussian(f.means[:, -1], safe_cholesky(f.covs[:, -1]), num_particles, generator)
+        z, _ = gaussian_step(f.means[:, -1], safe_cholesky(f.covs[:, -1]), num_particles, generator, noise)
         return (z,)
 
     def rollout_step(
-        self, carry: tuple[Tensor], u: Tensor | None, generator: torch.Generator | None = None
+        self, carry: tuple[Tensor], u: Tensor | None, generator: torch.Generator | None = None, noise: bool = True
     ) -> tuple[tuple[Tensor], RolloutStep]:
-        """One step of every particle: ``z' = A z + B u + eps``, ``eps ~ N(0, Q)``.
+        """One step of every particle: ``z' = A z + B u + eps``, ``eps ~ N(0, Q)`` (0 without noise).
 
         carry ``(z,)`` with z (N, n), u (N, k) (None without controls). RolloutStep: observation
         ``C z' = E[x' | z']`` (N, m), latent z' (N, n), log_prob ``log N(z'; A z + B u, Q)`` (N,).
@@ -352,7 +355,7 @@ class LGSSM(SequenceModel):
         (z,) = carry
         u = check_step_controls(u, z.shape[0], self.config.control_dim, z, "LGSSM.rollout_step")
         mean = z @ self.A.T if u is None else z @ self.A.T + u @ self.B.T
-        z, log_prob = sample_gaussian(mean, torch.linalg.cholesky(self.Q), 1, generator)
+        z, log_prob = gaussian_step(mean, torch.linalg.cholesky(self.Q), 1, generator, noise)
         return (z,), RolloutStep(observation=z @ self.C.T, latent=z, log_prob=log_prob)
 
     # -- expectation-maximisation -----------------------------------------------------------------

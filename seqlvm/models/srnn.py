@@ -437,8 +437,10 @@ class SRNN(SequenceModel):
         u: Tensor | None,
         num_samples: int,
         generator: torch.Generator | None,
+        noise: bool = True,
     ) -> _Pass:
-        """Sample z ~ q for ``num_samples`` copies of each sequence and score them; batch S*B, s-major."""
+        """Sample z ~ q for ``num_samples`` copies of each sequence and score them; batch S*B, s-major.
+        ``noise=False`` takes every z_t at the mean of q(z_t | z_{t-1}, ...) instead (the q-mean path)."""
         B, T, _ = x.shape
         S = num_samples
         phi_u = self._input_features(x, u)
@@ -473,7 +475,7 @@ class SRNN(SequenceModel):
                 mq = mp + mq
             fall_back = prior_r[:, t, None]
             mq, lq = torch.where(fall_back, mp, mq), torch.where(fall_back, lp, lq)
-            eps = torch.randn(z.shape, generator=generator, dtype=dtype, device=device)
+            eps = torch.randn(z.shape, generator=generator, dtype=dtype, device=device) if noise else torch.zeros_like(z)
             z = mq + torch.exp(0.5 * lq) * eps
             kls.append(_gaussian_kl(mq, lq, mp, lp))
             # log p(z) - log q(z) at the sample; (z - mq)^2 / var_q = eps^2 exactly.
@@ -571,12 +573,12 @@ class SRNN(SequenceModel):
     # -- posterior, imputation, forecasting, sampling ----------------------------------------------
     def _posterior(
         self, x: Tensor, mask: Tensor | None, u: Tensor | None, num_samples: int,
-        generator: torch.Generator | None, fn: str,
+        generator: torch.Generator | None, fn: str, noise: bool = True,
     ) -> tuple[SRNNPosterior, _Pass]:
         x, observed, u = self._inputs(x, mask, u, fn)
         self._check_count(num_samples, "num_samples", fn)
         with torch.no_grad():
-            run = self._run(x, observed, u, num_samples, generator)
+            run = self._run(x, observed, u, num_samples, generator, noise)
         S, (B, T, D) = num_samples, x.shape
         if run.out_b is None:
             obs_mean = torch.sigmoid(run.out_a)
@@ -687,12 +689,15 @@ class SRNN(SequenceModel):
         return Forecast(mean=samples.mean(0), std=samples.std(0, unbiased=False), samples=samples, probs=probs)
 
     def _transition(
-        self, z: Tensor, d: Tensor, features: Tensor, generator: torch.Generator | None
+        self, z: Tensor, d: Tensor, features: Tensor, generator: torch.Generator | None, noise: bool = True
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One generative step from z (N, z), d (N, d) and the input features (N, 1, F):
-        ``d_t = GRU(features, d)``, ``z_t ~ p(z_t | z, d_t)``. Returns z_t, d_t and log p(z_t | z, d_t)."""
+        ``d_t = GRU(features, d)``, ``z_t ~ p(z_t | z, d_t)``. Returns z_t, d_t and log p(z_t | z, d_t);
+        without noise z_t is the prior mean and the log density 0."""
         d_t = self.forward_gru(features, d[None])[1][0]
         mp, lp = self.prior(self.prior.project(d_t), z)
+        if not noise:
+            return mp, d_t, z.new_zeros(z.shape[0])
         eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         z_t = mp + torch.exp(0.5 * lp) * eps
         return z_t, d_t, _gaussian_log_prob(z_t, mp, lp).sum(-1)
@@ -719,24 +724,28 @@ class SRNN(SequenceModel):
         mask: Tensor | None = None,
         num_particles: int = 1,
         generator: torch.Generator | None = None,
+        noise: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Condition on the context x (B, T, D) driven by u (B, T, k): P = ``num_particles`` draws of
         (z_T, d_T) from the posterior, rows particle-major. Needs a model with inputs
-        (``control_dim > 0``), whose future the actions drive."""
+        (``control_dim > 0``), whose future the actions drive. With ``noise=False``, z_T ends the
+        q-mean path (each z_t at the mean of q given the previous one): the posterior has no closed
+        form, so this stands in for its mean."""
         if not self.config.control_dim:
             raise ValueError("SRNN.rollout_start: the model has control_dim = 0 (its inputs are x_{t-1}); a simulator needs actions as inputs")
         check_num_particles(num_particles, "SRNN.rollout_start")
-        _, run = self._posterior(x, mask, u, num_particles, generator, "rollout_start")
+        _, run = self._posterior(x, mask, u, num_particles, generator, "rollout_start", noise)
         return run.z_last, run.d_last
 
     def rollout_step(
-        self, carry: tuple[Tensor, Tensor], u: Tensor | None, generator: torch.Generator | None = None
+        self, carry: tuple[Tensor, Tensor], u: Tensor | None, generator: torch.Generator | None = None, noise: bool = True
     ) -> tuple[tuple[Tensor, Tensor], RolloutStep]:
-        """d <- GRU(phi(u), d), z ~ p(z | z, d); observation: the predictive mean of x given (z, d)
-        (the Bernoulli probabilities or the Gaussian mean); latent: z; log_prob: log p(z | z_prev, d)."""
+        """d <- GRU(phi(u), d), z ~ p(z | z, d) (its mean without noise); observation: the predictive
+        mean of x given (z, d) (the Bernoulli probabilities or the Gaussian mean); latent: z;
+        log_prob: log p(z | z_prev, d), 0 without noise."""
         z, d = carry
         u = check_step_controls(u, z.shape[0], self.config.control_dim, z, "SRNN.rollout_step")
-        z, d, log_p = self._transition(z, d, self.input_features(u[:, None]), generator)
+        z, d, log_p = self._transition(z, d, self.input_features(u[:, None]), generator, noise)
         mean, _ = self._observation(torch.cat([d, z], -1))
         if self.config.likelihood == "bernoulli":
             mean = torch.sigmoid(mean)

@@ -17,7 +17,7 @@ class Imagination(NamedTuple):
 
     observations: (B, P, H, *event) decoded observations (predictive means given the sampled latents).
     latents:      (B, P, H, L) the model's latent after each step.
-    log_probs:    (B, P, H) log density of each sampled latent transition.
+    log_probs:    (B, P, H) log density of each sampled latent transition (0 without noise).
     """
 
     observations: Tensor
@@ -33,6 +33,7 @@ def imagine(
     u_context: Tensor | None = None,
     generator: torch.Generator | None = None,
     grad: bool = False,
+    noise: bool = True,
 ) -> Imagination:
     """Condition on a context, then step every particle through ``actions``.
 
@@ -44,6 +45,9 @@ def imagine(
     u_context: (B or 1, T, A) the context's actions (``u_context[:, 0]`` unused), required when
                the model has controls.
     grad:      keep the autograd graph (off by default: planning needs no gradients).
+    noise:     draw the particles (the default); ``False`` follows the model's mean path instead
+               (start at the posterior mean, mean transitions): deterministic, the same for every
+               particle, log_probs 0.
 
     Particles: ``model.rollout_start`` draws P = ``num_particles`` latents per sequence, then H calls
     of ``model.rollout_step`` advance them; the same generator state gives the same result.
@@ -63,11 +67,11 @@ def imagine(
     P, shared = num_particles, x_context.shape[0] == 1 and B > 1
     with torch.set_grad_enabled(grad):
         # A shared context's P·B draws, row p·B + b, are the layout of B sequences with P particles.
-        carry = model.rollout_start(x_context, u_context, num_particles=P * B if shared else P, generator=generator)
+        carry = model.rollout_start(x_context, u_context, num_particles=P * B if shared else P, generator=generator, noise=noise)
         u = actions.repeat(P, 1, 1)
         steps = []
         for h in range(H):
-            carry, step = model.rollout_step(carry, u[:, h] if k else None, generator)
+            carry, step = model.rollout_step(carry, u[:, h] if k else None, generator, noise=noise)
             steps.append(step)
     observations, latents, log_probs = (torch.stack(values, 1) for values in zip(*steps))
     return Imagination(

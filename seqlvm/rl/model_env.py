@@ -59,6 +59,8 @@ class ModelEnv(gym.Env):
         task:          a :class:`~seqlvm.rl.tasks.Task` or a task name (``"goto"``, ``"hold"``).
         context_steps: observations of the context (>= 1).
         env_kwargs:    keyword arguments of the real environment.
+        noise:         draw the model's transitions (the default); ``False`` steps along its mean
+                       path, a deterministic simulator.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -70,6 +72,7 @@ class ModelEnv(gym.Env):
         task: Task | str,
         context_steps: int = 10,
         env_kwargs: dict[str, Any] | None = None,
+        noise: bool = True,
     ) -> None:
         if not isinstance(context_steps, int) or context_steps < 1:
             raise ValueError(f"context_steps: must be an int >= 1; got {context_steps!r}")
@@ -80,6 +83,7 @@ class ModelEnv(gym.Env):
         self.observation_space = self.real_env.observation_space
         self.action_space = self.real_env.action_space
         self.context_steps = context_steps
+        self.noise = noise
         self.context: Episode | None = None
         self.goal: Any = None
         self.rollout_seed: int | None = None
@@ -103,7 +107,7 @@ class ModelEnv(gym.Env):
         x = to_model(self.observation_space, self.context.observations, self._dtype)[None]
         u = torch.as_tensor(self.context.actions, dtype=self._dtype)[None] if self.model.config.control_dim else None
         with torch.no_grad():
-            self._carry = self.model.rollout_start(x, u, num_particles=1, generator=self._generator)
+            self._carry = self.model.rollout_start(x, u, num_particles=1, generator=self._generator, noise=self.noise)
         self._steps = 0
         return self.context.observations[-1].copy(), {"rollout_seed": self.rollout_seed}
 
@@ -117,7 +121,7 @@ class ModelEnv(gym.Env):
         if self.model.config.control_dim:
             u = torch.as_tensor(encode_action(self.action_space, action), dtype=self._dtype)[None]
         with torch.no_grad():
-            self._carry, out = self.model.rollout_step(self._carry, u, self._generator)
+            self._carry, out = self.model.rollout_step(self._carry, u, self._generator, noise=self.noise)
             reward = float(self.task.reward(self.goal, out.observation[:, None], out.latent[:, None])[0, 0])
         self._steps += 1
         info = {"latent": out.latent[0].numpy(), "log_prob": float(out.log_prob[0])}

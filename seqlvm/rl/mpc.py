@@ -16,7 +16,7 @@ import torch
 
 from seqlvm.envs.rollout import Episode, encode_action, make_policy, rollout
 from seqlvm.models import SequenceModel
-from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, env_rollout, model_rollout
+from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, check_particles, env_rollout, model_rollout
 from seqlvm.rl.spaces import decode_actions, to_model, uniform_actions
 from seqlvm.rl.tasks import Task
 
@@ -60,13 +60,19 @@ class RandomAgent:
 
 class PlanningAgent:
     """Model-predictive control: re-plan at every step with ``planner`` over :func:`model_rollout`
-    of ``model`` conditioned on the whole episode so far (P = ``num_particles``), or over
-    :func:`env_rollout` of the real env when ``model`` is None."""
+    of ``model`` conditioned on the whole episode so far (its mean path, or P = ``num_particles``
+    sampled paths with ``noise``), or over :func:`env_rollout` of the real env when ``model`` is None."""
 
     def __init__(
-        self, planner: CEMPlanner | RandomShootingPlanner, task: Task, model: SequenceModel | None = None, num_particles: int = 1
+        self,
+        planner: CEMPlanner | RandomShootingPlanner,
+        task: Task,
+        model: SequenceModel | None = None,
+        num_particles: int = 1,
+        noise: bool = False,
     ) -> None:
-        self.planner, self.task, self.model, self.num_particles = planner, task, model, num_particles
+        check_particles(num_particles, noise)
+        self.planner, self.task, self.model, self.num_particles, self.noise = planner, task, model, num_particles, noise
 
     def reset(self) -> None:
         """Reset the planner's warm start."""
@@ -79,7 +85,8 @@ class PlanningAgent:
         x = to_model(env.observation_space, history.observations, dtype)[None]
         u = torch.as_tensor(history.actions, dtype=dtype)[None] if self.model.config.control_dim else None
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        return self.planner.plan(model_rollout(self.model, self.task, goal, x, u, self.num_particles, generator), rng)
+        rollout_fn = model_rollout(self.model, self.task, goal, x, u, self.num_particles, generator, self.noise)
+        return self.planner.plan(rollout_fn, rng)
 
 
 class EpisodeResult(NamedTuple):
@@ -125,9 +132,11 @@ def make_agent(
     elites: int = 10,
     iterations: int = 3,
     num_particles: int = 1,
+    noise: bool = False,
 ) -> Agent:
     """An agent of :data:`AGENTS` by name; ``model`` is required by ``"cem"`` and ``"shooting"``.
-    ``"shooting"`` draws ``population`` sequences once and ignores ``elites`` and ``iterations``."""
+    ``"shooting"`` draws ``population`` sequences once and ignores ``elites`` and ``iterations``;
+    ``num_particles`` and ``noise`` are :func:`~seqlvm.rl.planners.model_rollout`'s."""
     if kind not in AGENTS:
         raise ValueError(f"planner: unknown name {kind!r}; expected one of {AGENTS}")
     if kind in ("cem", "shooting") and model is None:
@@ -138,7 +147,7 @@ def make_agent(
         planner: CEMPlanner | RandomShootingPlanner = RandomShootingPlanner(action_space, horizon, population)
     else:
         planner = CEMPlanner(action_space, horizon, population, elites, iterations)
-    return PlanningAgent(planner, task, None if kind == "true" else model, num_particles)
+    return PlanningAgent(planner, task, None if kind == "true" else model, num_particles, noise)
 
 
 def run_episodes(

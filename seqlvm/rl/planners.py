@@ -4,7 +4,7 @@ A planner never sees a model or an environment, only a *rollout function*: encod
 sequences ``(J, H, A)`` (one-hot for ``Discrete``) -> rewards ``(J, H)``. Two build one:
 
 - :func:`model_rollout`: the learned model imagines them (:func:`seqlvm.rl.imagine`) from the
-  episode so far, the reward averaged over particles;
+  episode so far, along its mean path (the default) or averaged over sampled particles;
 - :func:`env_rollout`: copies of the real environment in its current state play them (the
   ceiling a perfect model would reach).
 
@@ -30,10 +30,19 @@ from seqlvm.rl.imagine import imagine
 from seqlvm.rl.spaces import check_observation_space, decode_actions, to_model, uniform_actions
 from seqlvm.rl.tasks import Task
 
-__all__ = ["RolloutFn", "model_rollout", "env_rollout", "CEMPlanner", "RandomShootingPlanner"]
+__all__ = ["RolloutFn", "model_rollout", "env_rollout", "check_particles", "CEMPlanner", "RandomShootingPlanner"]
 
 RolloutFn = Callable[[Tensor], Tensor]
 """Encoded action sequences (J, H, A) float32 -> rewards (J, H)."""
+
+
+def check_particles(num_particles: int, noise: bool) -> None:
+    """P sampled paths per sequence need ``noise``; the mean path is one path."""
+    if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+        raise ValueError(f"num_particles: must be an int >= 1; got {num_particles!r}")
+    if num_particles > 1 and not noise:
+        raise ValueError(f"num_particles: got {num_particles} without noise, where every particle follows "
+                         "the one mean path; expected 1, or noise=True to average sampled paths")
 
 
 def model_rollout(
@@ -44,12 +53,19 @@ def model_rollout(
     u_context: Tensor | None,
     num_particles: int = 1,
     generator: torch.Generator | None = None,
+    noise: bool = False,
 ) -> RolloutFn:
     """Score sequences with the model: ``imagine`` from the context x (1, T, *event) (u (1, T, A)),
-    then the task's reward of each particle's observations and latents, averaged over the P particles."""
+    then the task's reward of the observations and latents.
+
+    By default each sequence is scored on the model's mean path (``noise=False``): one sampled path
+    carries noise that can swamp the differences between sequences (for the bouncing-ball KVAE the
+    spread of one path is larger than its error). With ``noise=True`` the reward is averaged over
+    ``num_particles`` sampled paths."""
+    check_particles(num_particles, noise)
 
     def rollout(actions: Tensor) -> Tensor:
-        im = imagine(model, x_context, actions.to(x_context.dtype), num_particles, u_context, generator)
+        im = imagine(model, x_context, actions.to(x_context.dtype), num_particles, u_context, generator, noise=noise)
         J, P, H = im.log_probs.shape
         return task.reward(goal, im.observations.flatten(0, 1), im.latents.flatten(0, 1)).view(J, P, H).mean(1)
 

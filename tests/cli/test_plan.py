@@ -18,10 +18,12 @@ def ball_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tiny_kvae((1, 32, 32), 2), tmp_path_factory.mktemp("ckpt") / "ball.pt")
 
 
-@pytest.mark.parametrize("planner", ["cem", "shooting", "true", "random"])
-def test_plan_prints_success_and_timing_and_writes_a_gif(planner, ball_checkpoint, tmp_path):
+@pytest.mark.parametrize("planner, extra", [
+    ("cem", []), ("cem", ["--noise", "--particles", 2]), ("shooting", []), ("true", []), ("random", []),
+])
+def test_plan_prints_success_and_timing_and_writes_a_gif(planner, extra, ball_checkpoint, tmp_path):
     out = tmp_path / "plan.gif"
-    result = invoke("plan", ball_checkpoint, "--task", "hold", "--planner", planner, "--out", out, *SMALL)
+    result = invoke("plan", ball_checkpoint, "--task", "hold", "--planner", planner, "--out", out, *SMALL, *extra)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "success rate" in result.stdout and "planning ms per step" in result.stdout
     with Image.open(out) as gif:
@@ -47,5 +49,6 @@ def test_plan_errors_are_one_line(ball_checkpoint, tmp_path):
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--episodes", 0, "--out", gif), "--episodes and --context")
     assert_user_error(invoke("plan", tmp_path / "none.pt", "--task", "hold", "--out", gif), "no such file")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--horizon", 0, "--out", gif), "horizon must be an int >= 1")
+    assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--particles", 3, "--out", gif), "num_particles: got 3 without noise")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env-kwargs", "[1]", "--out", gif), "--env-kwargs: got '[1]'; expected a JSON object")
     assert not gif.exists()

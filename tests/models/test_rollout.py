@@ -184,3 +184,71 @@ def test_srnn_rollout_starts_from_the_posterior_and_needs_actions():
         small_srnn(control_dim=0).rollout_start(x)
     with pytest.raises(ValueError, match="u must have shape"):
         model.rollout_step(carry, u[:, 0])
+
+
+def mean_path(model, x, u, u_future, num_particles: int = 2, seed: int = 0):
+    """rollout_start + rollout_step without noise: observations, latents, log_probs stacked over the
+    horizon (rows p·B + b), from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    P = num_particles
+    with torch.no_grad():
+        carry = model.rollout_start(x, u, num_particles=P, generator=g, noise=False)
+        steps = []
+        for h in range(u_future.shape[1]):
+            carry, step = model.rollout_step(carry, u_future[:, h].repeat(P, 1), g, noise=False)
+            steps.append(step)
+    return [torch.stack(values, 1) for values in zip(*steps)]
+
+
+def test_lgssm_mean_path_is_the_exact_forecast_mean():
+    model = controlled_lgssm()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
+    u = torch.randn(2, 6, 1, generator=g, dtype=torch.float64)
+    u_future = torch.randn(2, 3, 1, generator=g, dtype=torch.float64)
+    fc = kalman_forecast(model.params(), x, 3, u=u, u_future=u_future)
+    obs, latents, log_probs = mean_path(model, x, u, u_future)
+    torch.testing.assert_close(latents.view(2, 2, 3, 2), fc.state_means.expand(2, -1, -1, -1))
+    torch.testing.assert_close(obs.view(2, 2, 3, 2), fc.obs_means.expand(2, -1, -1, -1))
+    assert bool((log_probs == 0).all())
+
+
+def test_kvae_mean_path_is_the_deterministic_forecast():
+    model = tiny(control_dim=2).eval()
+    x, u, u_future = moving_dots(2, 5), torch.randn(2, 5, 2), torch.randn(2, 4, 2)
+    with torch.no_grad():
+        fc = model.forecast(x, 4, u_future=u_future, u=u)
+    obs, _, log_probs = mean_path(model, x, u, u_future)
+    torch.testing.assert_close(obs.view(2, 2, 4, 1, 8, 8), fc.mean.expand(2, -1, -1, -1, -1, -1))
+    assert bool((log_probs == 0).all())
+
+
+def test_gtmsm_mean_path_is_the_forecast_mean():
+    from tests.models.test_gtmsm import tiny as tiny_gtmsm
+    from tests.models.test_gtmsm import walks
+
+    model = tiny_gtmsm().eval()
+    x, u, _ = walks(2, 20)
+    with torch.no_grad():
+        fc = model.forecast(x[:, :12], 8, u_future=u[:, 12:], u=u[:, :12])
+    obs, latents, log_probs = mean_path(model, x[:, :12], u[:, :12], u[:, 12:])
+    torch.testing.assert_close(obs.view(2, 2, 8, 3, 8, 8), fc.mean.expand(2, -1, -1, -1, -1, -1))
+    torch.testing.assert_close(latents[:2], model.infer_states(u)[:, 12:].detach())
+    assert bool((log_probs == 0).all())
+
+
+def test_srnn_mean_path_is_deterministic_and_steps_to_the_prior_mean():
+    model = small_srnn()
+    x, u = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
+    u_future = torch.randn(2, 3, 2, dtype=torch.float64)
+    first, second = mean_path(model, x, u, u_future, seed=0), mean_path(model, x, u, u_future, seed=1)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+    obs, latents, log_probs = first
+    torch.testing.assert_close(latents[:2], latents[2:])  # the two particles are one path
+    assert bool((log_probs == 0).all())
+    with torch.no_grad():  # one step from the start re-done from the modules: z' = mu_p
+        z, d = model.rollout_start(x, u, generator=torch.Generator().manual_seed(3), noise=False)
+        d_ref = model.forward_gru(model.input_features(u_future[:, :1]), d[None])[1][0]
+        mp, _ = model.prior(model.prior.project(d_ref), z)
+    torch.testing.assert_close(latents[:2, 0], mp)

@@ -57,6 +57,23 @@ def test_same_seed_same_imagination_and_particles_differ():
     assert not torch.allclose(first.latents[:, 0], first.latents[:, 1])
 
 
+
+def test_without_noise_every_particle_follows_the_mean_path():
+    """With noise = 0.5 the draws spread widely; without noise the latents are the filtered mean
+    plus the running sum of the actions, whatever the seed, with log_probs 0."""
+    model = integrator(noise=0.5)
+    x = torch.full((2, 3, 2), 1.0, dtype=torch.float64)
+    u = torch.zeros(2, 3, 2, dtype=torch.float64)
+    actions = torch.randn(2, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    runs = [imagine(model, x, actions, 1, u, torch.Generator().manual_seed(seed), noise=False) for seed in (3, 4)]
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        filtered = model.filter(x, u=u).means[:, -1]
+    torch.testing.assert_close(runs[0].latents[:, 0], filtered[:, None] + actions.cumsum(1))
+    assert bool((runs[0].log_probs == 0).all())
+
+
 def test_bad_input_raises():
     model = integrator()
     x, u = torch.zeros(2, 3, 2, dtype=torch.float64), torch.zeros(2, 3, 2, dtype=torch.float64)

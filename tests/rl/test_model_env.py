@@ -37,10 +37,11 @@ def test_made_from_a_checkpoint_by_its_registered_id(ball_checkpoint):
     assert info["latent"].shape == (4 + 2,) and np.isfinite(info["log_prob"])
 
 
+@pytest.mark.parametrize("noise", [True, False], ids=["sampled", "mean-path"])
 @pytest.mark.parametrize("env_id, task, fixture", CASES)
-def test_stepping_agrees_with_imagine_for_the_same_seed(env_id, task, fixture, request):
+def test_stepping_agrees_with_imagine_for_the_same_seed(env_id, task, fixture, noise, request):
     model = request.getfixturevalue(fixture)
-    env = ModelEnv(model, env_id, task, context_steps=5)
+    env = ModelEnv(model, env_id, task, context_steps=5, noise=noise)
     env.reset(seed=11)
     actions = [env.action_space.sample() for _ in range(4)]
     stepped = [env.step(a) for a in actions]
@@ -49,12 +50,14 @@ def test_stepping_agrees_with_imagine_for_the_same_seed(env_id, task, fixture, r
     im = imagine(
         model, to_model(space, env.context.observations)[None], u, 1,
         u_context=torch.as_tensor(env.context.actions)[None], generator=torch.Generator().manual_seed(env.rollout_seed),
+        noise=noise,
     )
     for h, (obs, reward, _, _, info) in enumerate(stepped):
         np.testing.assert_array_equal(obs, to_env(space, im.observations[0, 0, h]))
         np.testing.assert_allclose(info["latent"], im.latents[0, 0, h].numpy(), rtol=1e-6, atol=1e-6)
         expected = env.task.reward(env.goal, im.observations[:, :, h], im.latents[:, :, h])
         assert reward == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+        assert (info["log_prob"] == 0.0) == (not noise)
 
 
 def test_reset_is_seeded_and_budget_truncates(ball_kvae):

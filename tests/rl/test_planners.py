@@ -51,8 +51,9 @@ def final_distance(space: spaces.Space, model: LGSSM, choose, steps: int = 8) ->
     return float((xs[-1] - TARGET).norm())
 
 
+@pytest.mark.parametrize("noise", [False, True], ids=["mean-path", "two-sampled-paths"])
 @pytest.mark.parametrize("discrete", [False, True])
-def test_mpc_with_a_known_model_reaches_the_target_far_better_than_random(discrete):
+def test_mpc_with_a_known_model_reaches_the_target_far_better_than_random(discrete, noise):
     space = spaces.Discrete(5) if discrete else spaces.Box(-1.0, 1.0, (2,), np.float32)
     model = known_model(MOVES.T.contiguous() if discrete else torch.eye(2, dtype=torch.float64))
     rng = np.random.default_rng(0)
@@ -61,7 +62,8 @@ def test_mpc_with_a_known_model_reaches_the_target_far_better_than_random(discre
 
     def planned(planner):
         def choose(x, u):
-            return planner.plan(model_rollout(model, Reach(), TARGET, x, u, 2, torch.Generator().manual_seed(0)), rng)
+            rollout_fn = model_rollout(model, Reach(), TARGET, x, u, 2 if noise else 1, torch.Generator().manual_seed(0), noise)
+            return planner.plan(rollout_fn, rng)
         return choose
 
     def random(x, u):
@@ -103,6 +105,13 @@ def test_env_rollout_plays_copies_and_leaves_the_env_alone():
 def test_bad_planner_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CEMPlanner(spaces.Discrete(3), **kwargs)
+
+
+def test_several_particles_without_noise_are_refused():
+    model = known_model(torch.eye(2, dtype=torch.float64))
+    x, u = torch.zeros(1, 1, 2, dtype=torch.float64), torch.zeros(1, 1, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="num_particles: got 3 without noise"):
+        model_rollout(model, Reach(), TARGET, x, u, 3, noise=False)
 
 
 def test_unbounded_action_spaces_are_refused():
