@@ -5,8 +5,11 @@ Recipe (``../shared/reference/models.md`` 4.4-4.6): the reference music sizes
 linear 0.2 -> 1 over the first 40% of the epochs (20 of 50), updated every batch through the
 model's ``kl_weight`` attribute with the Trainer's schedule (``seqlvm.train.schedule.kl_weight``),
 lr x 1/1.2 per epoch after that point, gradients rescaled to global norm <= 1 (the reference's
-elementwise clip at +-10 never acts after that). Not reproduced: truncated-BPTT state carry-over
-between consecutive chunks (every chunk starts from zero states here, so chunks are shuffled).
+elementwise clip at +-10 never acts after that), and truncated backpropagation through time: the
+SRNN arrays hold the training stream cut into 100-step chunks "language-model style" (chunk k
+continues chunk k - 16, so row i of consecutive batches of 16 is one stream), so the batches run in
+order and each starts from the previous batch's final states (``SRNN.bound(start=...)``, detached),
+from zero at every epoch start. ``--no-tbptt`` shuffles the chunks and starts each from zero.
 
 Scoring (the SRNN protocol): each test song from zero states, its first frame only an input
 (``u_1`` = first frame, arrays ``x_test``/``u_test``), one posterior sample for the ELBO; per song
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=8, help="test songs per IWAE call")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-tbptt", dest="tbptt", action="store_false",
+                    help="shuffle the training chunks and start each from zero states")
     ap.add_argument("--out", default="runs/benchmarks", help="folder for the JSON result and the weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,6 +81,11 @@ def main() -> None:
     train = load_polyphonic(args.data, "train", args.dataset, format="srnn")
     valid = load_polyphonic(args.data, "valid", args.dataset, format="srnn")
     test = load_polyphonic(args.data, "test", args.dataset, format="srnn")
+    if args.tbptt:
+        # The carry-over needs chunk k to continue chunk k - 16: its first input is that chunk's last frame.
+        k = torch.arange(16, train.x.shape[0])
+        linked = (train.u[k, 0] == train.x[k - 16, -1]).all(-1).float().mean().item()
+        print(f"TBPTT: {100 * linked:.0f}% of the chunks start where chunk k - 16 ends", flush=True)
     model = SRNN(SRNNConfig.music())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
     batches = math.ceil(train.x.shape[0] / 16)
@@ -88,12 +98,15 @@ def main() -> None:
                 g["lr"] /= 1.2
         model.train()
         start = time.perf_counter()
-        order = torch.randperm(train.x.shape[0])
-        total = 0.0
+        order = torch.arange(train.x.shape[0]) if args.tbptt else torch.randperm(train.x.shape[0])
+        total, state = 0.0, None
         for i in range(0, len(order), 16):
             idx = order[i : i + 16]
             model.kl_weight = kl_weight(schedule, step)
-            out = model.elbo(train.x[idx], None, train.u[idx])
+            init = None if state is None else tuple(s[: len(idx)].detach() for s in state)
+            bound = model.bound(train.x[idx], None, train.u[idx], start=init)
+            state = bound.end if args.tbptt else None
+            out = model.objective(bound)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,7 +129,7 @@ def main() -> None:
         "dataset": args.dataset, "epochs": args.epochs, "test_elbo_per_step": elbo,
         f"test_iwae{args.iwae_samples}_per_step": iwae, "paper_srnn_elbo": PAPER_ELBO[args.dataset],
         "seconds_per_epoch": sum(epoch_times) / len(epoch_times), "eval_seconds": time.perf_counter() - start,
-        "threads": args.threads, "log": log,
+        "threads": args.threads, "tbptt": args.tbptt, "log": log,
     }
     (out / f"srnn_music_{args.dataset}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "log"}))

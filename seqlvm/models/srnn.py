@@ -140,12 +140,15 @@ class SRNNBound(NamedTuple):
     log_likelihood: the reconstruction term sum_t log p(x_t | z_t, d_t) over observed entries.
     kl:             sum_t KL(q_t || p_t) (unweighted).
     num_steps:      the number of steps with an observed entry (the per-step normaliser).
+    end:            (z_T (B, z), d_T (B, d)), the states after the last step: the ``start`` of
+                    the next chunk of the same sequences under truncated BPTT.
     """
 
     elbo: Tensor
     log_likelihood: Tensor
     kl: Tensor
     num_steps: Tensor
+    end: tuple[Tensor, Tensor]
 
 
 class SRNNPosterior(NamedTuple):
@@ -250,8 +253,10 @@ def _orthogonal_gru(gru: nn.GRU) -> nn.GRU:
     return gru
 
 
-def _run_gru(gru: nn.GRU, inputs: Tensor, keep: Tensor | None, reverse: bool = False) -> Tensor:
-    """States h_t of a GRU over inputs (B, T, F) from h = 0; (B, T, H).
+def _run_gru(
+    gru: nn.GRU, inputs: Tensor, keep: Tensor | None, reverse: bool = False, h0: Tensor | None = None
+) -> Tensor:
+    """States h_t of a GRU over inputs (B, T, F) from h = h0 (B, H), or 0; (B, T, H).
 
     ``keep`` (B, T) bool: where False the step is skipped, ``h_t = h_{t-1}`` (missing data). None:
     no step is skipped, and the whole sequence goes through the fused kernel at once.
@@ -260,10 +265,10 @@ def _run_gru(gru: nn.GRU, inputs: Tensor, keep: Tensor | None, reverse: bool = F
     if reverse:
         inputs = inputs.flip(1)
         keep = None if keep is None else keep.flip(1)
+    h = inputs.new_zeros(1, inputs.shape[0], gru.hidden_size) if h0 is None else h0[None]
     if keep is None:
-        states = gru(inputs)[0]
+        states = gru(inputs, h)[0]
     else:
-        h = inputs.new_zeros(1, inputs.shape[0], gru.hidden_size)
         out = []
         for t in range(inputs.shape[1]):
             new = gru(inputs[:, t : t + 1], h)[1]
@@ -438,15 +443,18 @@ class SRNN(SequenceModel):
         num_samples: int,
         generator: torch.Generator | None,
         noise: bool = True,
+        start: tuple[Tensor, Tensor] | None = None,
     ) -> _Pass:
         """Sample z ~ q for ``num_samples`` copies of each sequence and score them; batch S*B, s-major.
-        ``noise=False`` takes every z_t at the mean of q(z_t | z_{t-1}, ...) instead (the q-mean path)."""
+        ``noise=False`` takes every z_t at the mean of q(z_t | z_{t-1}, ...) instead (the q-mean path).
+        ``start``: the states (z_0, d_0), each (B, .), the recurrence starts from (zeros by default)."""
         B, T, _ = x.shape
         S = num_samples
+        z0, d0 = (None, None) if start is None else start
         phi_u = self._input_features(x, u)
         # d is a function of the inputs alone unless an input is a missing x_{t-1}: then it
         # depends on a draw and is built inside the loop; the encoder uses this zero-filled version.
-        d_enc = _run_gru(self.forward_gru, phi_u, None)
+        d_enc = _run_gru(self.forward_gru, phi_u, None, h0=d0)
         missing_inputs = u is None and not bool(observed[:, :-1].all())
         a, use_prior = self._encode(x, observed, d_enc)
 
@@ -458,8 +466,8 @@ class SRNN(SequenceModel):
         d_all = None if missing_inputs else rep(d_enc)
         prior_ctx = None if d_all is None else self.prior.project(d_all)
         dtype, device = x.dtype, x.device
-        z = torch.zeros(S * B, self.config.state_dim, dtype=dtype, device=device)
-        h = torch.zeros(1, S * B, self.config.deterministic_dim, dtype=dtype, device=device)
+        z = torch.zeros(S * B, self.config.state_dim, dtype=dtype, device=device) if z0 is None else rep(z0)
+        h = torch.zeros(1, S * B, self.config.deterministic_dim, dtype=dtype, device=device) if d0 is None else rep(d0)[None]
         x_prev = torch.zeros(S * B, 1, self.config.obs_dim, dtype=dtype, device=device)
         zs, ds, xs, outs, kls, ratios = [], [], [], [], [], []
         for t in range(T):
@@ -495,7 +503,8 @@ class SRNN(SequenceModel):
             x_full = torch.stack(xs, 1)
         else:
             out_a, out_b = self._observation(torch.cat([d_seq, z_seq], -1))
-            x_full = torch.where(obs_r, x_r, self._draw_obs(out_a, out_b, generator))
+            # Draw only when something is missing: the draw would cost time and generator state.
+            x_full = x_r if bool(obs_r.all()) else torch.where(obs_r, x_r, self._draw_obs(out_a, out_b, generator))
         return _Pass(
             z=z_seq, d=d_seq, x=x_full, out_a=out_a, out_b=out_b,
             log_lik=self._obs_log_prob(x_r, out_a, out_b, obs_r),
@@ -505,20 +514,39 @@ class SRNN(SequenceModel):
 
     # -- bounds -------------------------------------------------------------------------------------
     def bound(
-        self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        u: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        start: tuple[Tensor, Tensor] | None = None,
     ) -> SRNNBound:
         """The ELBO of each sequence with one posterior sample and the analytic per-step KL.
 
         ``F = sum_t log p(x_t | z_t, d_t) - sum_t KL(q(z_t | z_{t-1}, a_t) || p(z_t | z_{t-1}, d_t))``;
         missing entries are left out of the first sum. Returns an :class:`SRNNBound` of (B,) tensors.
+        ``start`` = (z_0 (B, z), d_0 (B, d)) continues sequences from an earlier chunk's ``end``
+        (truncated backpropagation through time; detach it first); zeros by default.
         """
         x, observed, u = self._inputs(x, mask, u, "bound")
-        run = self._run(x, observed, u, 1, generator)
+        if start is not None:
+            B, dims = x.shape[0], (self.config.state_dim, self.config.deterministic_dim)
+            if not (isinstance(start, tuple) and len(start) == 2
+                    and all(isinstance(s, Tensor) and tuple(s.shape) == (B, n) for s, n in zip(start, dims))):
+                got = tuple(tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in start) \
+                    if isinstance(start, tuple) else type(start).__name__
+                raise ValueError(f"SRNN.bound: start must be (z_0, d_0) of shapes ({B}, {dims[0]}) and ({B}, {dims[1]}); got {got}")
+        run = self._run(x, observed, u, 1, generator, start=start)
         ll, kl = run.log_lik.sum(1), run.kl.sum(1)
-        return SRNNBound(elbo=ll - kl, log_likelihood=ll, kl=kl, num_steps=observed.any(-1).sum(1))
+        return SRNNBound(elbo=ll - kl, log_likelihood=ll, kl=kl, num_steps=observed.any(-1).sum(1),
+                         end=(run.z_last, run.d_last))
 
     def elbo(self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None) -> ELBO:
-        """The training objective, per time step as in the reference code.
+        """The training objective of :meth:`objective` on the :meth:`bound` of x from zero states."""
+        return self.objective(self.bound(x, mask, u))
+
+    def objective(self, b: SRNNBound) -> ELBO:
+        """The training objective of a bound, per time step as in the reference code.
 
         ``loss = mean_b -(sum_t log p(x_t | .) - beta * sum_t KL_t) / n_b`` with n_b the number of
         steps of sequence b with an observed entry and beta = ``self.kl_weight`` (KL warm-up, set by
@@ -527,7 +555,6 @@ class SRNN(SequenceModel):
         terms (batch means, unweighted): ``elbo``, ``reconstruction`` and ``kl`` per sequence;
         ``elbo_per_step``.
         """
-        b = self.bound(x, mask, u)
         steps = b.num_steps.clamp_min(1).to(b.elbo.dtype)
         loss = (-(b.log_likelihood - self.kl_weight * b.kl) / steps).mean()
         terms = {

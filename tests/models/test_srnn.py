@@ -193,6 +193,30 @@ def test_kl_weight_scales_only_the_kl_in_the_loss():
     assert set(out.terms) == {"elbo", "reconstruction", "kl", "elbo_per_step"}
 
 
+@pytest.mark.parametrize("control_dim", [0, 2])
+def test_chunks_started_from_the_previous_end_add_up_to_the_whole_sequence(control_dim):
+    """Truncated BPTT's carry-over is exact: with filtering inference (q_t sees no future frames) and
+    one generator, the bounds of x[:, :4] and of x[:, 4:] started from the first chunk's end sum to
+    the bound of x, and the second chunk ends where x ends. Inputs: actions, or the frames x_{t-1}
+    given explicitly (as the music arrays give them, so a chunk's first input is the previous chunk's
+    last frame)."""
+    m = model(inference="filter", control_dim=control_dim)
+    x = binary(3, 9)
+    if control_dim:
+        u = torch.randn(3, 9, control_dim, dtype=torch.float64, generator=gen(2))
+    else:
+        u = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+    whole = m.bound(x, u=u, generator=gen(4))
+    g = gen(4)
+    first = m.bound(x[:, :4], u=u[:, :4], generator=g)
+    second = m.bound(x[:, 4:], u=u[:, 4:], generator=g, start=first.end)
+    torch.testing.assert_close(first.elbo + second.elbo, whole.elbo)
+    for a, b in zip(second.end, whole.end):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"SRNN.bound: start must be \(z_0, d_0\) of shapes \(3, 3\) and \(3, 8\); got \(\(3, 3\),\)"):
+        m.bound(x, u=u, start=(first.end[0],))
+
+
 def test_tiny_training_reduces_the_loss():
     torch.manual_seed(0)
     m = SRNN(small(obs_dim=4))
