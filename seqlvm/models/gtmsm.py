@@ -184,10 +184,12 @@ class _Memory(NamedTuple):
 
 
 class _Carry(NamedTuple):
-    """Rollout state: the memories of the B contexts and the states (P·B, state_dim) of the particles."""
+    """Rollout state: the memories of the B contexts, the states (P·B, state_dim) of the particles
+    and, once a mean-path step has needed them, the memories' decoded frames (B, N, C, H, W)."""
 
     memory: _Memory
     states: Tensor
+    frames: Tensor | None = None
 
 
 class _Encoder(nn.Module):
@@ -406,14 +408,26 @@ class GTMSM(SequenceModel):
         log_comp = -0.5 * (eps.square().sum(-1) + self.config.z_dim * LOG_2PI) - log_std.sum(-1)
         return mean + log_std.exp() * eps, log_w + log_comp
 
-    def _mixture_mean(self, look: DNDLookup) -> Tensor:
+    def _memory_frames(self, values: Tensor) -> Tensor:
+        """decoder(mu) of memory values (B, N, v), (B, N, C, H, W): the frames a mixture mean averages."""
+        return self.decode(self._components(values)[0])
+
+    def _mixture_mean(self, look: DNDLookup, memory_frames: Tensor | None = None) -> Tensor:
         """sum_k w_k decoder(mu^(k)): the predicted frame (B, Q, C, H, W) averaged over which memory
         the query falls on, each component's code at its mean (decoder(0), the reference prior's
-        mean code, where the memory is empty)."""
-        mean, _ = self._components(look.values)
-        frames = (look.weights[..., None, None, None] * self.decode(mean)).sum(2)
+        mean code, where the memory is empty). Given ``memory_frames`` (:meth:`_memory_frames` of
+        the looked-up memory) the components' frames are gathered from it, so N decodes serve all
+        Q·K neighbours; otherwise each neighbour is decoded."""
+        B, Q, K = look.indices.shape
+        if memory_frames is None:
+            decoded = self.decode(self._components(look.values)[0])  # (B, Q, K, C, H, W)
+        else:
+            slots = look.indices.clamp_min(0).view(B, Q * K)  # padding (-1) has weight 0
+            decoded = memory_frames[torch.arange(B, device=slots.device)[:, None], slots]
+            decoded = decoded.view(B, Q, K, *memory_frames.shape[2:])
+        frames = (look.weights[..., None, None, None] * decoded).sum(2)
         empty = (look.weights.sum(-1) == 0)[..., None, None, None]
-        return torch.where(empty, self.decode(mean.new_zeros(mean.shape[-1])), frames)
+        return torch.where(empty, self.decode(frames.new_zeros(self.config.z_dim)), frames)
 
     def _memorise(
         self, x: Tensor, u: Tensor, mask: Tensor, generator: torch.Generator | None = None, noise: bool = True
@@ -541,7 +555,7 @@ class GTMSM(SequenceModel):
         if num_samples:
             draws = [self._draw(look, generator)[0] for _ in range(num_samples)]
             samples = self.decode(torch.stack(draws))
-        return Forecast(mean=self._mixture_mean(look), samples=samples)
+        return Forecast(mean=self._mixture_mean(look, self._memory_frames(memory.values)), samples=samples)
 
     def impute(
         self,
@@ -582,7 +596,8 @@ class GTMSM(SequenceModel):
         look = self._lookup(memory, query)
         look = DNDLookup(*(t.reshape(B, T, *t.shape[2:]) for t in look))
         seen = mask[:, :, None, None, None]
-        mean = torch.where(seen, self.decode(enc_mean), self._mixture_mean(look))
+        # Every dictionary above holds slots of its sequence's T values, so one decode each serves all.
+        mean = torch.where(seen, self.decode(enc_mean), self._mixture_mean(look, self._memory_frames(values)))
         samples = None
         if num_samples:
             draws = []
@@ -642,9 +657,10 @@ class GTMSM(SequenceModel):
         if not noise:
             states = self.transition(carry.states, u)
             look = self._lookup(carry.memory, states.view(P, B, -1).transpose(0, 1))
-            frames = self._mixture_mean(look).transpose(0, 1)  # (P, B, C, H, W)
+            memory_frames = self._memory_frames(carry.memory.values) if carry.frames is None else carry.frames
+            frames = self._mixture_mean(look, memory_frames).transpose(0, 1)  # (P, B, C, H, W)
             frames = frames.reshape(N, *frames.shape[2:])
-            return _Carry(carry.memory, states), RolloutStep(frames, states, states.new_zeros(N))
+            return _Carry(carry.memory, states, memory_frames), RolloutStep(frames, states, states.new_zeros(N))
         std = self.config.transition_std
         eps = torch.randn(carry.states.shape, dtype=u.dtype, device=u.device, generator=generator)
         states = self.transition(carry.states, u) + std * eps
