@@ -412,19 +412,16 @@ class GTMSM(SequenceModel):
         """decoder(mu) of memory values (B, N, v), (B, N, C, H, W): the frames a mixture mean averages."""
         return self.decode(self._components(values)[0])
 
-    def _mixture_mean(self, look: DNDLookup, memory_frames: Tensor | None = None) -> Tensor:
+    def _mixture_mean(self, look: DNDLookup, memory_frames: Tensor) -> Tensor:
         """sum_k w_k decoder(mu^(k)): the predicted frame (B, Q, C, H, W) averaged over which memory
         the query falls on, each component's code at its mean (decoder(0), the reference prior's
-        mean code, where the memory is empty). Given ``memory_frames`` (:meth:`_memory_frames` of
-        the looked-up memory) the components' frames are gathered from it, so N decodes serve all
-        Q·K neighbours; otherwise each neighbour is decoded."""
+        mean code, where the memory is empty). The components' frames are gathered from
+        ``memory_frames`` (:meth:`_memory_frames` of the looked-up memory's values), so N decodes
+        serve all Q·K neighbours."""
         B, Q, K = look.indices.shape
-        if memory_frames is None:
-            decoded = self.decode(self._components(look.values)[0])  # (B, Q, K, C, H, W)
-        else:
-            slots = look.indices.clamp_min(0).view(B, Q * K)  # padding (-1) has weight 0
-            decoded = memory_frames[torch.arange(B, device=slots.device)[:, None], slots]
-            decoded = decoded.view(B, Q, K, *memory_frames.shape[2:])
+        slots = look.indices.clamp_min(0).view(B, Q * K)  # padding (-1) has weight 0
+        decoded = memory_frames[torch.arange(B, device=slots.device)[:, None], slots]
+        decoded = decoded.view(B, Q, K, *memory_frames.shape[2:])
         frames = (look.weights[..., None, None, None] * decoded).sum(2)
         empty = (look.weights.sum(-1) == 0)[..., None, None, None]
         return torch.where(empty, self.decode(frames.new_zeros(self.config.z_dim)), frames)
@@ -449,11 +446,11 @@ class GTMSM(SequenceModel):
 
     def _predicted_frames(
         self, x: Tensor, mask: Tensor, u: Tensor, generator: torch.Generator | None, noise: bool
-    ) -> tuple[DNDLookup, Tensor, Tensor, Tensor]:
+    ) -> tuple[DNDLookup, Tensor, Tensor, _Memory]:
         """Encode, roll the states, memorise the first tau frames and look the rest up.
 
         Returns the lookup (B, Q, K) for the Q = T − tau predicted steps, the mean and log std
-        (B, Q, z_dim) of q(z|x) of those frames, and the states (B, T, state_dim).
+        (B, Q, z_dim) of q(z|x) of those frames, and the memory of the first tau.
         """
         tau = self._split(x.shape[1], "elbo")
         mean, log_std = self.encode(x)
@@ -462,7 +459,7 @@ class GTMSM(SequenceModel):
             eps = torch.randn(u.shape[0], u.shape[1], self.config.state_dim, dtype=u.dtype, device=u.device, generator=generator)
         states = self._state_path(u, eps)
         memory = _Memory(states[:, :tau], self._values(mean[:, :tau], log_std[:, :tau], generator), mask[:, :tau])
-        return self._lookup(memory, states[:, tau:]), mean[:, tau:], log_std[:, tau:], states
+        return self._lookup(memory, states[:, tau:]), mean[:, tau:], log_std[:, tau:], memory
 
     def elbo(self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None) -> ELBO:
         """The objective of models.md §5.2 per sequence (module docstring); loss = mean over the
@@ -472,7 +469,7 @@ class GTMSM(SequenceModel):
         ``"reconstruction"`` E_q log p(x|z), ``"kl"`` the Monte-Carlo mixture KL, ``"elbo"``, and
         ``"mse"`` the mean squared error per pixel of the predicted frames sum_k w_k dec(mu^(k))."""
         x, mask, u = self._inputs(x, mask, u, "elbo")
-        look, mean, log_std, _ = self._predicted_frames(x, mask, u, None, noise=self.training)
+        look, mean, log_std, memory = self._predicted_frames(x, mask, u, None, noise=self.training)
         tau = self.config.memory_steps
         x_pred, observed = x[:, tau:], mask[:, tau:].to(x.dtype)
         S = self.config.kl_samples
@@ -485,7 +482,8 @@ class GTMSM(SequenceModel):
         loss = -(recon_seq - self.kl_weight * kl_seq).mean()
         with torch.no_grad():
             pixels = observed.sum().clamp(min=1) * math.prod(self.config.obs_shape)
-            mse = ((self._mixture_mean(look) - x_pred).square().flatten(2).sum(-1) * observed).sum() / pixels
+            predicted = self._mixture_mean(look, self._memory_frames(memory.values))
+            mse = ((predicted - x_pred).square().flatten(2).sum(-1) * observed).sum() / pixels
         terms = {"reconstruction": recon_seq.mean().detach(), "kl": kl_seq.mean().detach(), "elbo": (recon_seq - kl_seq).mean().detach(), "mse": mse}
         if self.config.grid_penalty:
             penalty = self.grid_penalty()
@@ -660,7 +658,7 @@ class GTMSM(SequenceModel):
             memory_frames = self._memory_frames(carry.memory.values) if carry.frames is None else carry.frames
             frames = self._mixture_mean(look, memory_frames).transpose(0, 1)  # (P, B, C, H, W)
             frames = frames.reshape(N, *frames.shape[2:])
-            return _Carry(carry.memory, states, memory_frames), RolloutStep(frames, states, states.new_zeros(N))
+            return carry._replace(states=states, frames=memory_frames), RolloutStep(frames, states, states.new_zeros(N))
         std = self.config.transition_std
         eps = torch.randn(carry.states.shape, dtype=u.dtype, device=u.device, generator=generator)
         states = self.transition(carry.states, u) + std * eps
@@ -669,7 +667,7 @@ class GTMSM(SequenceModel):
         look = self._lookup(carry.memory, states.view(P, B, -1).transpose(0, 1))
         z, log_z = self._draw(look, generator)
         z, log_z = z.transpose(0, 1).reshape(N, -1), log_z.transpose(0, 1).reshape(N)
-        return _Carry(carry.memory, states), RolloutStep(self.decode(z), states, log_s + log_z)
+        return carry._replace(states=states), RolloutStep(self.decode(z), states, log_s + log_z)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -530,12 +530,13 @@ class SRNN(SequenceModel):
         """
         x, observed, u = self._inputs(x, mask, u, "bound")
         if start is not None:
-            B, dims = x.shape[0], (self.config.state_dim, self.config.deterministic_dim)
-            if not (isinstance(start, tuple) and len(start) == 2
-                    and all(isinstance(s, Tensor) and tuple(s.shape) == (B, n) for s, n in zip(start, dims))):
-                got = tuple(tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in start) \
-                    if isinstance(start, tuple) else type(start).__name__
-                raise ValueError(f"SRNN.bound: start must be (z_0, d_0) of shapes ({B}, {dims[0]}) and ({B}, {dims[1]}); got {got}")
+            B = x.shape[0]
+            want = ((B, self.config.state_dim), (B, self.config.deterministic_dim))
+            got: object = type(start).__name__
+            if isinstance(start, tuple):
+                got = tuple(tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in start)
+            if got != want:
+                raise ValueError(f"SRNN.bound: start must be (z_0, d_0) of shapes {want[0]} and {want[1]}; got {got}")
         run = self._run(x, observed, u, 1, generator, start=start)
         ll, kl = run.log_lik.sum(1), run.kl.sum(1)
         return SRNNBound(elbo=ll - kl, log_likelihood=ll, kl=kl, num_steps=observed.any(-1).sum(1),
