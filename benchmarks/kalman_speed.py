@@ -8,7 +8,9 @@ What is timed, per case (Bt, T, n, m), dtype and implementation:
 
 Implementations:
 
-* ``seqlvm-seq`` / ``seqlvm-par``: ``seqlvm.kalman`` with ``method="sequential"`` / ``"parallel"``.
+* ``seqlvm-seq`` / ``seqlvm-par``: ``seqlvm.kalman`` with ``method="sequential"`` / ``"parallel"``;
+  ``grad`` differentiates ``seqlvm.kalman.log_likelihood``, whose backward is one RTS smoother
+  pass and closed-form sums (Fisher's identity), not backpropagation through the filter.
 * ``loop``: a textbook per-step PyTorch filter and RTS smoother written below, batched over Bt,
   ``torch.linalg.solve`` for every inverse, autograd for the gradient.
 * ``dynamax``: ``dynamax.linear_gaussian_ssm`` filter / smoother, ``jax.jit`` of ``jax.vmap`` over
@@ -87,7 +89,7 @@ import torch  # noqa: E402
 
 from _timing import FULL, QUICK, Budget, format_table, median_ms  # noqa: E402
 
-from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother  # noqa: E402
+from seqlvm.kalman import LGSSMParams, kalman_smoother, log_likelihood  # noqa: E402
 
 Tensor = torch.Tensor
 
@@ -303,7 +305,7 @@ def seqlvm_impls(model: LGSSMParams, x: Tensor) -> list[Impl]:
             return Smoothed(s.means, s.filtered.log_likelihood)  # one call: the filter is inside
 
         def loglik(mod: LGSSMParams, obs: Tensor, method: str = method) -> Tensor:
-            return kalman_filter(mod, obs, method=method).log_likelihood
+            return log_likelihood(mod, obs, method=method)  # gradient by Fisher's identity
 
         impls.append(torch_impl(f"seqlvm-{method[:3]}", model, x, smoother, loglik))
     return impls

@@ -166,7 +166,7 @@ def _along_time(first: Tensor, rest: Tensor) -> Tensor:
     return torch.cat([first.expand(b, *first.shape[1:]), rest.expand(b, *rest.shape[1:])], dim=1)
 
 
-def _full_time(p: Tensor, T: int) -> Tensor:
+def full_time(p: Tensor, T: int) -> Tensor:
     """A (b, T', ...) parameter as (b, T, ...) (a view when T' = 1)."""
     return p.expand(p.shape[0], T, *p.shape[2:])
 
@@ -195,9 +195,9 @@ def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains
     ``J_el = A^T C^T S^-1 C A``.
     """
     T, n = prep.steps, prep.n
-    A = _full_time(prep.A, T)
+    A = full_time(prep.A, T)
     A0 = torch.cat([torch.zeros_like(A[:, :1]), A[:, 1:]], dim=1)
-    Q0 = _along_time(prep.P0, _full_time(prep.Q, T)[:, 1:])
+    Q0 = _along_time(prep.P0, full_time(prep.Q, T)[:, 1:])
     C, R = C_all, R_all
     Ct = C.transpose(-1, -2)
     CQ = C @ Q0
@@ -212,7 +212,7 @@ def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains
         sym(CA.transpose(-1, -2) @ torch.cholesky_solve(CA, L)),
     )
     _, covs, _ = associative_scan(_covariance_combine, elems)
-    pred_covs = _along_time(prep.P0, sym(A[:, 1:] @ covs[:, :-1] @ A[:, 1:].transpose(-1, -2) + _full_time(prep.Q, T)[:, 1:]))
+    pred_covs = _along_time(prep.P0, sym(A[:, 1:] @ covs[:, :-1] @ A[:, 1:].transpose(-1, -2) + full_time(prep.Q, T)[:, 1:]))
     CP = C @ pred_covs
     chols = _cholesky(CP @ Ct + R)
     gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
@@ -238,14 +238,14 @@ def _steady_from(pred_covs: Tensor) -> int | None:
     return None if first is None else first + 1
 
 
-def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
-    """The filter on prepared inputs; also returns the step from which it was steady (or None)."""
+def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains]:
+    """The filter on prepared inputs, and its data-independent half (gains, steady state)."""
     T, Bt, n = prep.steps, prep.batch, prep.n
     x = prep.x
     C_all, R_all = prep.emission()
     gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
     K, s = gains.K, gains.steady_from
-    C = _full_time(C_all, T)
+    C = full_time(C_all, T)
     IKC = torch.eye(n, dtype=x.dtype, device=x.device) - K @ C  # (b, T, n, n)
     # Mean pass: m_t = F_t m_{t-1} + g_t with F_t = (I - K_t C_t) A_t, g_t = (I - K_t C_t) B_t u_t + K_t x_t.
     g = matvec(K, x)
@@ -256,11 +256,11 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
     if T == 1:
         means = m_first.unsqueeze(1)
     else:
-        F = IKC[:, 1:] @ _full_time(prep.A, T)[:, 1:]  # F[:, t - 1] leads into step t
+        F = IKC[:, 1:] @ full_time(prep.A, T)[:, 1:]  # F[:, t - 1] leads into step t
         rest = steady_linear_recurrence(F, g[:, 1:], m_first, None if s is None else s - 1, method)
         means = torch.cat([m_first.unsqueeze(1), rest], dim=1)
     # One-step predictions and innovations, all steps at once.
-    pred = matvec(_full_time(prep.A, T)[:, 1:], means[:, :-1])
+    pred = matvec(full_time(prep.A, T)[:, 1:], means[:, :-1])
     if controls is not None:
         pred = pred + controls[:, 1:]
     pred_means = torch.cat([prep.m0.expand(Bt, n).unsqueeze(1), pred], dim=1)
@@ -274,5 +274,5 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, int | None]:
             step_ll.sum(1),
             step_ll,
         ),
-        s,
+        gains,
     )

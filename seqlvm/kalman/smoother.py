@@ -106,20 +106,33 @@ def kalman_smoother(
     """
     check_method(method, "kalman_smoother")
     prep = prepare(params, x, mask, u, fn="kalman_smoother")
-    filt, steady_from = run_filter(prep, method)
-    kernel = backward_kernel(prep, filt, steady_from)
+    filt, gains = run_filter(prep, method)
+    means, covs, cross = smooth_filtered(prep, filt, gains.steady_from, method)
     Bt, T, n = prep.batch, prep.steps, prep.n
+    return SmootherResult(means, covs.expand(Bt, T, n, n), cross.expand(Bt, T - 1, n, n), filt)
+
+
+def smooth_filtered(
+    prep: Prepared, filt: FilterResult, steady_from: int | None, method: str, means: bool = True
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The RTS pass over a filter's output: smoothed means (Bt, T, n), covariances (b, T, n, n)
+    and cross covariances Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with b = 1 when the batch shares
+    them. ``means=False`` skips the means (None): the covariances never depend on the data."""
+    kernel = backward_kernel(prep, filt, steady_from)
     m_last, P_last = filt.means[:, -1], _cov_batch(filt.covs)[:, -1]
-    if T == 1:
-        means, covs = filt.means, _cov_batch(filt.covs)
+    if prep.steps == 1:
+        m, covs = filt.means, _cov_batch(filt.covs)
     elif method == "parallel":
-        means, covs = _smooth_parallel(kernel, m_last, P_last)
+        if not means:  # the scan carries a mean: give it zeros, one per distinct covariance
+            b = max(kernel.E.shape[0], P_last.shape[0])
+            kernel = kernel._replace(g=kernel.g.new_zeros(b, *kernel.g.shape[1:]))
+            m_last = m_last.new_zeros(b, m_last.shape[-1])
+        m, covs = _smooth_parallel(kernel, m_last, P_last)
     else:
-        means, covs = _smooth_sequential(kernel, m_last, P_last)
-    cross = covs[:, 1:] @ kernel.E.transpose(-1, -2)
-    return SmootherResult(
-        means, covs.expand(Bt, T, n, n), cross.expand(Bt, T - 1, n, n), filt
-    )
+        m = steady_linear_recurrence(kernel.E, kernel.g, m_last, kernel.steady_from, reverse=True)
+        m = torch.cat([m, m_last.unsqueeze(1)], dim=1)
+        covs = _smooth_covariances_sequential(kernel, P_last)
+    return (m if means else None), covs, covs[:, 1:] @ kernel.E.transpose(-1, -2)
 
 
 def _smoother_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -141,14 +154,12 @@ def _smooth_parallel(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -> 
     return means, covs
 
 
-def _smooth_sequential(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -> tuple[Tensor, Tensor]:
-    E, g, Lc = kernel.E, kernel.g, kernel.L
-    T = g.shape[1] + 1
+def _smooth_covariances_sequential(kernel: BackwardKernel, P_last: Tensor) -> Tensor:
+    """P_{t|T} = E_t P_{t+1|T} E_t^T + L_t backwards; inside the steady stretch they converge,
+    and from there on stay put."""
+    E, Lc = kernel.E, kernel.L
+    T = E.shape[1] + 1
     s = kernel.steady_from if kernel.steady_from is not None else T - 1
-    back = steady_linear_recurrence(E, g, m_last, kernel.steady_from, reverse=True)
-    means = torch.cat([back, m_last.unsqueeze(1)], dim=1)
-
-    # Covariances: loop backwards; inside the steady stretch they converge, then stay put.
     covs = [P_last]
     P, t = P_last, T - 2
     while t >= 0:
@@ -162,8 +173,7 @@ def _smooth_sequential(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -
         covs.append(P_new)
         P, t = P_new, t - 1
     b = max(c.shape[0] for c in covs)
-    covs = torch.stack([c.expand(b, -1, -1) for c in reversed(covs)], dim=1)
-    return means, covs
+    return torch.stack([c.expand(b, -1, -1) for c in reversed(covs)], dim=1)
 
 
 def sample_posterior(
@@ -186,7 +196,7 @@ def sample_posterior(
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample_posterior: num_samples must be an int >= 1; got {num_samples!r}")
     prep = prepare(params, x, mask, u, fn="sample_posterior")
-    filt, steady_from = run_filter(prep, method)
+    filt, gains = run_filter(prep, method)
     S, Bt, T, n = num_samples, prep.batch, prep.steps, prep.n
     eps = torch.randn(S * Bt, T, n, dtype=x.dtype, device=x.device, generator=generator)
     P_last = _cov_batch(filt.covs)[:, -1]
@@ -194,7 +204,7 @@ def sample_posterior(
     z_last = filt.means[:, -1].repeat(S, 1) + matvec(L_last, eps.view(S, Bt, T, n)[:, :, -1]).reshape(S * Bt, n)
     log_prob = mvn_logpdf_of_noise(eps[:, -1], L_last.repeat(S, 1, 1) if L_last.shape[0] > 1 else L_last)
     if T > 1:
-        kernel = backward_kernel(prep, filt, steady_from)
+        kernel = backward_kernel(prep, filt, gains.steady_from)
         chol = safe_cholesky(kernel.L)  # (b, T-1, n, n)
         E = kernel.E.repeat(S, 1, 1, 1) if kernel.E.shape[0] > 1 else kernel.E
         chol_r = chol.repeat(S, 1, 1, 1) if chol.shape[0] > 1 else chol

@@ -24,6 +24,7 @@ from seqlvm.kalman import (
     forecast as kalman_forecast,
     kalman_filter,
     kalman_smoother,
+    log_likelihood as kalman_log_likelihood,
     sample_prior,
 )
 from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
@@ -207,9 +208,10 @@ class LGSSM(SequenceModel):
     def log_likelihood(
         self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None, num_samples: int | None = None
     ) -> Tensor:
-        """Exact log p(x_obs), (B,). ``num_samples`` is accepted for protocol parity and unused."""
+        """Exact log p(x_obs), (B,). ``num_samples`` is accepted for protocol parity and unused.
+        Its gradient comes from Fisher's identity (:func:`seqlvm.kalman.log_likelihood`)."""
         x, mask, u = self._inputs(x, mask, u, "log_likelihood")
-        return kalman_filter(self.params(), x, mask, u, self.config.method).log_likelihood
+        return kalman_log_likelihood(self.params(), x, mask, u, self.config.method)
 
     def elbo(self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None) -> ELBO:
         """The exact negative log-likelihood per sequence (the ELBO is tight for this model).
@@ -218,9 +220,11 @@ class LGSSM(SequenceModel):
         step), batch means.
         """
         x, mask, u = self._inputs(x, mask, u, "elbo")
-        f = kalman_filter(self.params(), x, mask, u, self.config.method)
-        ll = f.log_likelihood
-        steps = (f.step_log_likelihood != 0).sum(1).clamp_min(1)
+        ll = kalman_log_likelihood(self.params(), x, mask, u, self.config.method)
+        observed = ~torch.isnan(x)
+        if mask is not None:
+            observed = observed & (mask.bool()[..., None] if mask.dim() == 2 else mask.bool())
+        steps = observed.any(-1).sum(1).clamp_min(1)
         return ELBO(-ll.mean(), {"log_likelihood": ll.mean(), "log_likelihood_per_step": (ll / steps).mean()})
 
     def filter(self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None) -> FilterResult:

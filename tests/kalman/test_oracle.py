@@ -129,7 +129,7 @@ def test_long_sequence_sequential_equals_parallel_and_uses_steady_state() -> Non
     g = torch.Generator().manual_seed(0)
     u = torch.randn(4, 400, 2, dtype=DT, generator=g)
     _, x = sample_prior(params, 400, 4, u=u, generator=g)
-    _, steady_from = run_filter(prepare(params, x, None, u), "sequential")
+    steady_from = run_filter(prepare(params, x, None, u), "sequential")[1].steady_from
     assert steady_from is not None and steady_from < 200
     s = kalman_smoother(params, x, u=u)
     p = kalman_smoother(params, x, u=u, method="parallel")

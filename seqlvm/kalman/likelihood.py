@@ -1,0 +1,248 @@
+"""The exact log-likelihood log p(x_obs), differentiated by Fisher's identity.
+
+For every parameter theta, and for the observations x,
+
+    grad log p(x; theta) = E_{p(z | x; theta)} [ grad log p(x, z; theta) ]          (Fisher's identity)
+
+and log p(x, z) = log N(z_0; m0, P0) + sum_{t>=1} log N(z_t; A_t z_{t-1} + B_t u_t, Q_t)
++ sum_t log N(x~_t; C~_t z_t, R~_t) is a sum of Gaussian log-densities (x~, C~, R~: the emission
+projected onto the observed entries, ``Prepared.emission``), so its expected gradient is a closed
+form in smoothed quantities. With the disturbance smoother's adjoints rho_t and u_t
+(:func:`adjoints`), P_t = Cov[z_t | x_{0:t-1}], V_t = Cov[z_t | x], s_t = E[z_t | x] = m_{t|t-1} + P_t rho_t
+and N_t = P_t^-1 (P_t - V_t) P_t^-1::
+
+    d/dx~_t = -u_t                          d/dC~_t = u_t s_t^T - R~_t^-1 C~_t V_t
+    d/dR~_t = 1/2 (u_t u_t^T - D_t),        D_t = S_t^-1 + K_t^T A_{t+1}^T N_{t+1} A_{t+1} K_t
+    d/dA_t  = rho_t s_{t-1}^T - N_t L_{t-1} P_{t-1},      L_{t-1} = A_t (I - K_{t-1} C~_{t-1})
+    d/dQ_t  = 1/2 (rho_t rho_t^T - N_t)     d/d(B_t u_t) = rho_t
+    d/dm0   = rho_0                         d/dP0 = 1/2 (rho_0 rho_0^T - N_0)
+
+These are the textbook forms, e.g. d/dQ_t = 1/2 Q_t^-1 (E[f_t f_t^T | x] - Q_t) Q_t^-1 with
+f_t = z_t - A_t z_{t-1} - B_t u_t, rewritten with E[f_t | x] = Q_t rho_t and
+Cov(f_t | x) = Q_t - Q_t N_t Q_t (Durbin & Koopman 2012, 4.5). The rewriting matters: the textbook
+forms subtract smoothed means from data and multiply small differences by Q^-1, which on long
+random-walk data loses up to six digits in float64; these agree with autograd through the filter
+to about 1e-11 there. K_t, S_t: the filter's gain and innovation covariance.
+
+The backward pass is two backward recursions (the adjoints, and the smoothed covariances, which
+do not depend on the data) and a few batched sums, instead of backpropagation through every step
+of the filter. Covariance gradients are the symmetric ones (the derivative along symmetric
+perturbations), as autograd gives through the filter's Cholesky factorisations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from seqlvm.kalman.filter import FilterResult, Gains, check_method, full_time, run_filter
+from seqlvm.kalman.linalg import matvec, sym
+from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
+from seqlvm.kalman.scan import steady_linear_recurrence
+from seqlvm.kalman.smoother import smooth_filtered
+
+
+def log_likelihood(
+    params: LGSSMParams,
+    x: Tensor,
+    mask: Tensor | None = None,
+    u: Tensor | None = None,
+    method: str = "sequential",
+) -> Tensor:
+    """log p(x_obs) of each sequence, (Bt,): the filter's ``log_likelihood``, with a faster gradient.
+
+    Arguments as for :func:`seqlvm.kalman.kalman_filter`. The value is the filter's; the gradient
+    with respect to every parameter, x and u comes from Fisher's identity (module docstring): two
+    backward recursions instead of backpropagation through the filter. It is a first derivative only:
+    ``create_graph=True`` raises an error (use ``kalman_filter(...).log_likelihood`` for that).
+    """
+    check_method(method, "log_likelihood")
+    return _LogLikelihood.apply(method, mask, *params, x, u)
+
+
+class _LogLikelihood(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, method, mask, A, C, Q, R, m0, P0, B, x, u):  # noqa: ANN001, ANN205
+        prep = prepare(LGSSMParams(A, C, Q, R, m0, P0, B), x, mask, u, fn="log_likelihood")
+        filt, gains = run_filter(prep, method)
+        ctx.saved = (prep, filt, gains, method)
+        ctx.shapes = [None if t is None else t.shape for t in (A, C, Q, R, m0, P0, B, x, u)]
+        return filt.log_likelihood
+
+    @staticmethod
+    def backward(ctx, weights):  # noqa: ANN001, ANN205
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative is coming
+            raise RuntimeError(
+                "log_likelihood's gradient (Fisher's identity) is first-order only; for higher "
+                "derivatives differentiate kalman_filter(...).log_likelihood"
+            )
+        prep, filt, gains, method = ctx.saved
+        names = ("A", "C", "Q", "R", "m0", "P0", "B", "x", "u")
+        need = {k for k, flag in zip(names, ctx.needs_input_grad[2:]) if flag}
+        grads = fisher_gradients(prep, filt, gains, method, weights, need)
+        out = [None if k not in grads else grads[k].reshape(shape) for k, shape in zip(names, ctx.shapes)]
+        return (None, None, *out)
+
+
+def fisher_gradients(
+    prep: Prepared, filt: FilterResult, gains: Gains, method: str, weights: Tensor, need: set[str]
+) -> dict[str, Tensor]:
+    """Gradients of sum_b weights_b log p(x_b) w.r.t. the names in ``need``, in the internal
+    layout of ``prep`` (module docstring for the formulas)."""
+    _, V, _ = smooth_filtered(prep, filt, gains.steady_from, method, means=False)
+    rho, u = adjoints(prep, filt, gains, method)
+    P = gains.pred_covs
+    s = filt.pred_means + matvec(P, rho)  # E[z_t | x]
+    # N_t = P_t^-1 (P_t - V_t) P_t^-1, so that Cov(z_t | x) = P_t - P_t N_t P_t
+    LP = torch.linalg.cholesky(P)
+    N = sym(torch.cholesky_solve(torch.cholesky_solve(P - V, LP).transpose(-1, -2), LP))
+    w = weights.to(s.dtype)
+    grads: dict[str, Tensor] = {}
+    if need & {"C", "R", "x"}:
+        grads.update(_emission_gradients(prep, gains, s, V, N, u, w, need))
+    if need & {"A", "Q", "B", "u"}:
+        if prep.steps > 1:
+            grads.update(_transition_gradients(prep, gains, s, N, rho, w, need))
+        else:  # a single step has no transition to differentiate through
+            grads.update({k: torch.zeros_like(prep.u if k == "u" else getattr(prep, k)) for k in need & {"A", "Q", "B", "u"}})
+    if "m0" in need:
+        grads["m0"] = _sum_batch(w[:, None] * rho[:, 0], prep.m0.shape[0])
+    if "P0" in need:
+        target = (prep.P0.shape[0], 1)
+        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w, target) - _reduce(N[:, :1], w, target))
+        grads["P0"] = gP0[:, 0]
+    return grads
+
+
+def adjoints(prep: Prepared, filt: FilterResult, gains: Gains, method: str) -> tuple[Tensor, Tensor]:
+    """rho (Bt, T, n) = P_{t|t-1}^-1 (s_t - m_{t|t-1}), u (Bt, T, m) = R~_t^-1 E[x~_t - C~_t z_t | x].
+
+    The backward recursion of the disturbance smoother (Durbin & Koopman, 2012, 4.5), with the
+    innovations v_t = x~_t - C~_t m_{t|t-1} and L_t = A_{t+1} (I - K_t C~_t)::
+
+        rho_t = C~_t^T S_t^-1 v_t + L_t^T rho_{t+1},  rho_T = 0;   u_t = S_t^-1 v_t - K_t^T A_{t+1}^T rho_{t+1}
+
+    rho_t for t >= 1 is also Q_t^-1 E[f_t | x] and rho_0 = P0^-1 (E[z_0 | x] - m0). Both are built
+    from innovations, not from differences of smoothed means and data: on data whose states
+    grow large (a random walk) those differences lose digits that these keep.
+    """
+    T, n = prep.steps, prep.n
+    C, _ = prep.emission()
+    Sv = torch.cholesky_solve((prep.x - matvec(C, filt.pred_means))[..., None], gains.chols)[..., 0]
+    c = matvec(C.transpose(-1, -2), Sv)
+    if T == 1:
+        return c, Sv
+    A_next = full_time(prep.A, T)[:, 1:]
+    KT = gains.K[:, :-1].transpose(-1, -2)
+    eye = torch.eye(n, dtype=c.dtype, device=c.device)
+    LT = (eye - full_time(C, T)[:, :-1].transpose(-1, -2) @ KT) @ A_next.transpose(-1, -2)  # L_t^T
+    head = steady_linear_recurrence(LT, c[:, :-1], c[:, -1], gains.steady_from, method, reverse=True)
+    rho = torch.cat([head, c[:, -1:]], dim=1)
+    back = matvec(KT, matvec(A_next.transpose(-1, -2), rho[:, 1:]))
+    return rho, Sv - torch.cat([back, torch.zeros_like(Sv[:, :1])], dim=1)
+
+
+def _emission_gradients(
+    prep: Prepared, gains: Gains, s: Tensor, V: Tensor, N: Tensor, u: Tensor, w: Tensor, need: set[str]
+) -> dict[str, Tensor]:
+    C, R = prep.emission()  # (bC, TC, m, n), (bR, TR, m, m); both (Bt, T) when entries are missing
+    grads = {}
+    if "x" in need:
+        gx = -w[:, None, None] * u
+        grads["x"] = gx if prep.observed is None else gx * prep.observed
+    if "C" in need:
+        joint = (max(C.shape[0], R.shape[0]), max(C.shape[1], R.shape[1]))
+        gC = _outer(u, s, w, joint) - torch.cholesky_solve(_reduce(C @ V, w, joint), torch.linalg.cholesky(R))
+        if prep.observed is not None:
+            gC = gC * prep.observed[..., None]
+        grads["C"] = _sum_to(gC, prep.C.shape)
+    if "R" in need:
+        # D_t = R~^-1 (R~ - Cov(e_t | x)) R~^-1 = S_t^-1 + K_t^T A_{t+1}^T N_{t+1} A_{t+1} K_t
+        T = prep.steps
+        eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
+        S_inv = torch.cholesky_solve(eye.expand_as(gains.chols), gains.chols)
+        AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]
+        D = S_inv + torch.cat([AK.transpose(-1, -2) @ N[:, 1:] @ AK, torch.zeros_like(S_inv[:, :1])], dim=1)
+        target = R.shape[:2]
+        gR = 0.5 * (_outer(u, u, w, target) - _reduce(sym(D), w, target))
+        if prep.observed is not None:
+            o = prep.observed.to(gR.dtype)
+            gR = gR * (o[..., :, None] * o[..., None, :])
+        grads["R"] = _sum_to(gR, prep.R.shape)
+    return grads
+
+
+def _transition_gradients(
+    prep: Prepared, gains: Gains, s: Tensor, N: Tensor, rho: Tensor, w: Tensor, need: set[str]
+) -> dict[str, Tensor]:
+    """Gradients through the steps t = 1..T-1 (index 0 of a time-varying A, Q, B or u gets 0)."""
+    T = prep.steps
+
+    def into(p: Tensor) -> Tensor:  # the parameter over the transitions 1..T-1
+        return p[:, 1:] if p.shape[1] > 1 else p
+
+    r = rho[:, 1:]  # Q_t^-1 E[f_t], (Bt, T-1, n)
+    grads = {}
+    if "A" in need:
+        # Q_t^-1 Cov(f_t, z_{t-1} | x) = -N_t L_{t-1} P_{t-1},  L_{t-1} = A_t (I - K_{t-1} C~_{t-1})
+        C, _ = prep.emission()
+        n = prep.n
+        eye = torch.eye(n, dtype=s.dtype, device=s.device)
+        A_full = full_time(prep.A, T)[:, 1:]
+        LP = A_full @ (eye - gains.K[:, :-1] @ full_time(C, T)[:, :-1]) @ gains.pred_covs[:, :-1]
+        target = into(prep.A).shape[:2]
+        gA = _outer(r, s[:, :-1], w, target) - _reduce(N[:, 1:] @ LP, w, target)
+        grads["A"] = _pad_time(gA, prep.A.shape[1])
+    if "Q" in need:
+        target = into(prep.Q).shape[:2]
+        gQ = 0.5 * (_outer(r, r, w, target) - _reduce(N[:, 1:], w, target))
+        grads["Q"] = _pad_time(gQ, prep.Q.shape[1])
+    if need & {"B", "u"}:
+        gb = w[:, None, None] * r  # d/d(B_t u_t)
+        if "B" in need:
+            grads["B"] = _pad_time(_outer(gb, prep.u[:, 1:], torch.ones_like(w), into(prep.B).shape[:2]), prep.B.shape[1])
+        if "u" in need:
+            gu = matvec(into(prep.B).transpose(-1, -2), gb)
+            grads["u"] = torch.cat([torch.zeros_like(gu[:, :1]), gu], dim=1)
+    return grads
+
+
+def _outer(a: Tensor, b: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:
+    """sum of w_i a_it b_it^T over the batch i and time t, kept along the dims where ``target``
+    (batch, time) is not 1: a (Bt, T, r), b (Bt, T, c) -> (target[0], target[1], r, c)."""
+    keep = ("i" if target[0] > 1 else "") + ("t" if target[1] > 1 else "")
+    out = torch.einsum(f"i,itr,itc->{keep}rc", w, a, b)
+    return out.reshape(target[0], target[1], a.shape[-1], b.shape[-1])
+
+
+def _reduce(M: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:
+    """sum over the batch i of w_i M_i and over time, kept where ``target`` is not 1.
+    M (1 or Bt, T, r, c): a batch of 1 stands for Bt identical entries."""
+    if M.shape[0] == 1:
+        M = M * (w.sum() if target[0] == 1 else w[:, None, None, None])
+    else:
+        M = M * w[:, None, None, None]
+        if target[0] == 1:
+            M = M.sum(0, keepdim=True)
+    return M.sum(1, keepdim=True) if target[1] == 1 else M
+
+
+def _count(w: Tensor, steps: int, target: tuple[int, int]) -> Tensor:
+    """The weight summed into each target entry by :func:`_reduce` over ``steps`` steps: (b, t)."""
+    per_seq = w if target[0] > 1 else w.sum()[None]
+    return per_seq[:, None].expand(target[0], target[1]) * (steps if target[1] == 1 else 1)
+
+
+def _sum_to(G: Tensor, shape: torch.Size) -> Tensor:
+    """Sum G (b, t, r, c) over the leading dims that are 1 in ``shape``."""
+    dims = [i for i in (0, 1) if shape[i] == 1 and G.shape[i] > 1]
+    return G.sum(dims, keepdim=True) if dims else G
+
+
+def _sum_batch(g: Tensor, b: int) -> Tensor:
+    return g.sum(0, keepdim=True) if b == 1 else g
+
+
+def _pad_time(G: Tensor, steps: int) -> Tensor:
+    """A time-varying transition parameter's gradient gets a zero at the unused index 0."""
+    return torch.cat([torch.zeros_like(G[:, :1]), G], dim=1) if steps > 1 else G
