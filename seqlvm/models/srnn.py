@@ -81,6 +81,10 @@ class SRNNConfig:
     residual_posterior: Resq: the posterior mean is the prior mean plus a learned residual.
     inference:          ``"smooth"`` (backward GRU over the future) or ``"filter"`` (MLP of the present).
     min_variance:       floor added to every variance, ``sigma^2 = exp(raw) + min_variance``.
+    dropout:            dropout probability, in training only, on the non-recurrent connections
+                        as in the reference code: the features phi(u_t) and phi(x_t), d_t where it
+                        feeds the prior, the encoder and the output MLP, and z_t into the output
+                        MLP (the recurrences themselves see undropped states). 0 by default, as there.
     """
 
     obs_dim: int = 88
@@ -95,6 +99,7 @@ class SRNNConfig:
     residual_posterior: bool = True
     inference: str = "smooth"
     min_variance: float = 1e-6
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "state_dim", "deterministic_dim", "inference_dim", "hidden_dim"):
@@ -118,6 +123,8 @@ class SRNNConfig:
             raise ValueError(f"SRNNConfig: residual_posterior must be a bool; got {self.residual_posterior!r}")
         if not (isinstance(self.min_variance, (int, float)) and self.min_variance > 0):
             raise ValueError(f"SRNNConfig: min_variance must be a number > 0; got {self.min_variance!r}")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool) and 0 <= self.dropout < 1):
+            raise ValueError(f"SRNNConfig: dropout must be a number in [0, 1); got {self.dropout!r}")
 
     @classmethod
     def music(cls, obs_dim: int = 88) -> "SRNNConfig":
@@ -399,7 +406,7 @@ class SRNN(SequenceModel):
     def _encode(self, x: Tensor, observed: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         """The proposal's context: a (B, T, a) and where q falls back to the prior, (B, T) bool."""
         read = observed.all(-1)  # the encoder reads only fully observed steps
-        enc_in = torch.cat([d, self.features(x)], -1)
+        enc_in = torch.cat([self._drop(d), self._drop(self.features(x))], -1)
         if self.backward_gru is not None:
             a = _run_gru(self.backward_gru, enc_in, None if bool(read.all()) else read, reverse=True)
             # After the last observed entry there is nothing left to explain.
@@ -409,6 +416,11 @@ class SRNN(SequenceModel):
             a = self.filter_net(enc_in)
             use_prior = ~read
         return a, use_prior
+
+    def _drop(self, h: Tensor) -> Tensor:
+        """Training-time dropout on a non-recurrent connection (``config.dropout``)."""
+        p = self.config.dropout
+        return F.dropout(h, p, training=True) if p > 0 and self.training else h
 
     def _observation(self, h_out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Output-MLP features -> logits (Bernoulli) or mean and floored log variance (Gaussian)."""
@@ -451,7 +463,7 @@ class SRNN(SequenceModel):
         B, T, _ = x.shape
         S = num_samples
         z0, d0 = (None, None) if start is None else start
-        phi_u = self._input_features(x, u)
+        phi_u = self._drop(self._input_features(x, u))
         # d is a function of the inputs alone unless an input is a missing x_{t-1}: then it
         # depends on a draw and is built inside the loop; the encoder uses this zero-filled version.
         d_enc = _run_gru(self.forward_gru, phi_u, None, h0=d0)
@@ -464,7 +476,7 @@ class SRNN(SequenceModel):
         x_r, obs_r, a_r, prior_r = rep(x), rep(observed), rep(a), rep(use_prior)
         post_ctx = self.posterior.project(a_r)
         d_all = None if missing_inputs else rep(d_enc)
-        prior_ctx = None if d_all is None else self.prior.project(d_all)
+        prior_ctx = None if d_all is None else self.prior.project(self._drop(d_all))
         dtype, device = x.dtype, x.device
         z = torch.zeros(S * B, self.config.state_dim, dtype=dtype, device=device) if z0 is None else rep(z0)
         h = torch.zeros(1, S * B, self.config.deterministic_dim, dtype=dtype, device=device) if d0 is None else rep(d0)[None]
@@ -472,9 +484,9 @@ class SRNN(SequenceModel):
         zs, ds, xs, outs, kls, ratios = [], [], [], [], [], []
         for t in range(T):
             if d_all is None:
-                h = self.forward_gru(self.features(x_prev), h)[1]
+                h = self.forward_gru(self._drop(self.features(x_prev)), h)[1]
                 d_t = h[0]
-                p_ctx = self.prior.project(d_t)
+                p_ctx = self.prior.project(self._drop(d_t))
             else:
                 d_t, p_ctx = d_all[:, t], prior_ctx[:, t]
             mp, lp = self.prior(p_ctx, z)
@@ -491,7 +503,7 @@ class SRNN(SequenceModel):
             zs.append(z)
             ds.append(d_t)
             if d_all is None:
-                out = self._observation(torch.cat([d_t, z], -1))
+                out = self._observation(torch.cat([self._drop(d_t), self._drop(z)], -1))
                 x_t = torch.where(obs_r[:, t], x_r[:, t], self._draw_obs(*out, generator))
                 outs.append(out)
                 xs.append(x_t)
@@ -502,7 +514,7 @@ class SRNN(SequenceModel):
             out_b = None if outs[0][1] is None else torch.stack([o[1] for o in outs], 1)
             x_full = torch.stack(xs, 1)
         else:
-            out_a, out_b = self._observation(torch.cat([d_seq, z_seq], -1))
+            out_a, out_b = self._observation(torch.cat([self._drop(d_seq), self._drop(z_seq)], -1))
             # Draw only when something is missing: the draw would cost time and generator state.
             x_full = x_r if bool(obs_r.all()) else torch.where(obs_r, x_r, self._draw_obs(out_a, out_b, generator))
         return _Pass(

@@ -46,7 +46,8 @@ def test_registry_and_config_round_trip():
 @pytest.mark.parametrize(
     "field, value",
     [("obs_dim", 0), ("state_dim", 1.5), ("control_dim", -1), ("feature_dims", []), ("output_hidden_dims", [0]),
-     ("likelihood", "poisson"), ("inference", "both"), ("residual_posterior", "yes"), ("min_variance", 0.0)],
+     ("likelihood", "poisson"), ("inference", "both"), ("residual_posterior", "yes"), ("min_variance", 0.0),
+     ("dropout", 1.0), ("dropout", -0.1)],
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -232,6 +233,19 @@ def test_tiny_training_reduces_the_loss():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_dropout_acts_in_training_only():
+    x = binary(3, 7)
+    plain, dropped = model(), model(dropout=0.5)  # same seed: the same weights
+    dropped.eval()
+    assert torch.equal(plain.bound(x, generator=gen()).elbo, dropped.bound(x, generator=gen()).elbo)
+    dropped.train()
+    torch.manual_seed(1)
+    first = dropped.bound(x, generator=gen()).elbo
+    torch.manual_seed(2)
+    assert not torch.equal(first, dropped.bound(x, generator=gen()).elbo)  # fresh masks
+    assert not torch.equal(first, plain.bound(x, generator=gen()).elbo)
 
 
 def test_gradients_reach_every_parameter():
