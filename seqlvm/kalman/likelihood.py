@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import FilterResult, Gains, check_method, full_time, run_filter
-from seqlvm.kalman.linalg import matvec, sym
+from seqlvm.kalman.linalg import matvec, solve_vec, sym
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import steady_linear_recurrence
 from seqlvm.kalman.smoother import smooth_filtered
@@ -128,7 +128,7 @@ def adjoints(prep: Prepared, filt: FilterResult, gains: Gains, method: str) -> t
     """
     T, n = prep.steps, prep.n
     C, _ = prep.emission()
-    Sv = torch.cholesky_solve((prep.x - matvec(C, filt.pred_means))[..., None], gains.chols)[..., 0]
+    Sv = solve_vec(gains.chols, prep.x - matvec(C, filt.pred_means))
     c = matvec(C.transpose(-1, -2), Sv)
     if T == 1:
         return c, Sv

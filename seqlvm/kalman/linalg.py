@@ -90,3 +90,14 @@ def matvec(M: Tensor, v: Tensor) -> Tensor:
     if M.dim() == v.dim() + 1 and M.shape[0] == 1 and v.shape[0] > 1:
         return (M[0] @ v.movedim(0, -1)).movedim(-1, 0)
     return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def solve_vec(L: Tensor, v: Tensor) -> Tensor:
+    """S^-1 v for batches, with S = L L^T: L (..., d, d), v (..., d) -> (..., d).
+
+    As in :func:`matvec`, a factor shared by the sequences (leading size 1) solves them all as
+    the columns of one right-hand side per remaining index.
+    """
+    if L.dim() == v.dim() + 1 and L.shape[0] == 1 and v.shape[0] > 1:
+        return torch.cholesky_solve(v.movedim(0, -1), L[0]).movedim(-1, 0)
+    return torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1)
