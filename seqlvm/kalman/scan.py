@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from seqlvm.kalman.linalg import matvec
+
 Elems = tuple[Tensor, ...]
 
 
@@ -60,7 +62,7 @@ def _affine_combine(earlier: Elems, later: Elems) -> Elems:
     """(F1, g1) then (F2, g2) is h -> F2 (F1 h + g1) + g2."""
     F1, g1 = earlier
     F2, g2 = later
-    return F2 @ F1, (F2 @ g1.unsqueeze(-1)).squeeze(-1) + g2
+    return F2 @ F1, matvec(F2, g1) + g2
 
 
 def linear_recurrence(
@@ -78,14 +80,14 @@ def linear_recurrence(
         return linear_recurrence(F.flip(1), g.flip(1), h0, method).flip(1)
     if method == "parallel":
         # Fold h0 into the first offset, then the g-part of every prefix is h_t.
-        first = g[:, 0] + (F[:, 0] @ h0.unsqueeze(-1)).squeeze(-1)
+        first = g[:, 0] + matvec(F[:, 0], h0)
         g = torch.cat([first.unsqueeze(1), g[:, 1:]], dim=1)
         _, h = associative_scan(_affine_combine, (F, g))
         return h
     out = []
     h = h0
     for t in range(g.shape[1]):
-        h = (F[:, t] @ h.unsqueeze(-1)).squeeze(-1) + g[:, t]
+        h = matvec(F[:, t], h) + g[:, t]
         out.append(h)
     return torch.stack(out, dim=1)
 
