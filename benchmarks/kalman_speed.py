@@ -60,6 +60,7 @@ Usage::
     python benchmarks/kalman_speed.py            # full table
     python benchmarks/kalman_speed.py --quick    # fewer repeats
     python benchmarks/kalman_speed.py --markdown # the table as markdown, for RESULTS.md
+    python benchmarks/kalman_speed.py --autograd # add grad rows backpropagating through the filter
     python benchmarks/kalman_speed.py --check    # only the float64 correctness gate, no timing
 """
 
@@ -81,7 +82,7 @@ import functools  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from typing import Callable, NamedTuple, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -89,7 +90,7 @@ import torch  # noqa: E402
 
 from _timing import FULL, QUICK, Budget, format_table, median_ms  # noqa: E402
 
-from seqlvm.kalman import LGSSMParams, kalman_smoother, log_likelihood  # noqa: E402
+from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother, log_likelihood  # noqa: E402
 
 Tensor = torch.Tensor
 
@@ -265,6 +266,7 @@ class Impl:
     smooth: Callable[[], Output]
     grad: Callable[[], Sequence[object]] | None
     gate_rtol: float = 1e-6
+    time_smooth: bool = True  # False: a gradient-only variant whose smoother another row times
 
 
 def torch_impl(name: str, model: LGSSMParams, x: Tensor, smoother: Callable, loglik: Callable) -> Impl:
@@ -291,8 +293,9 @@ def loop_impl(model: LGSSMParams, x: Tensor) -> Impl:
                       lambda mod, obs: loop_filter(mod, obs).log_likelihood)
 
 
-def seqlvm_impls(model: LGSSMParams, x: Tensor) -> list[Impl]:
-    """``seqlvm.kalman`` with both methods."""
+def seqlvm_impls(model: LGSSMParams, x: Tensor, autograd: bool = False) -> list[Impl]:
+    """``seqlvm.kalman`` with both methods; ``autograd`` adds, per method, a gradient-only row
+    ``seqlvm-seq-ag`` / ``seqlvm-par-ag`` that backpropagates through ``kalman_filter`` instead."""
     class Smoothed(NamedTuple):
         means: Tensor
         log_likelihood: Tensor
@@ -308,6 +311,13 @@ def seqlvm_impls(model: LGSSMParams, x: Tensor) -> list[Impl]:
             return log_likelihood(mod, obs, method=method)  # gradient by Fisher's identity
 
         impls.append(torch_impl(f"seqlvm-{method[:3]}", model, x, smoother, loglik))
+        if autograd:
+
+            def through_filter(mod: LGSSMParams, obs: Tensor, method: str = method) -> Tensor:
+                return kalman_filter(mod, obs, method=method).log_likelihood
+
+            ag = torch_impl(f"seqlvm-{method[:3]}-ag", model, x, smoother, through_filter)
+            impls.append(replace(ag, time_smooth=False))
     return impls
 
 
@@ -444,7 +454,7 @@ class Row:
 
 
 def run_case(
-    case: tuple[int, int, int, int], budget: Budget | None, seed: int
+    case: tuple[int, int, int, int], budget: Budget | None, seed: int, autograd: bool = False
 ) -> tuple[list[Row], list[str]]:
     """Time every implementation on one case in both dtypes; returns the rows and gate failures.
 
@@ -459,7 +469,7 @@ def run_case(
     dtypes = sorted(DTYPES, key=lambda d: d != torch.float64)  # float64 first: the gate
     for dtype in dtypes if budget is not None else dtypes[:1]:
         model, x = in_dtype(model64, dtype), x64.to(dtype)
-        impls = [loop_impl(model, x), *seqlvm_impls(model, x)]
+        impls = [loop_impl(model, x), *seqlvm_impls(model, x, autograd)]
         impls += [i for i in (dynamax_impl(model, x), statsmodels_impl(model, x)) if i is not None]
         outputs = {impl.name: impl.smooth() for impl in impls}
         if dtype == torch.float64:
@@ -468,7 +478,7 @@ def run_case(
         if budget is None:
             continue
         dname = str(dtype).removeprefix("torch.")
-        smooth_ms = median_ms({impl.name: impl.smooth for impl in impls}, budget)
+        smooth_ms = median_ms({impl.name: impl.smooth for impl in impls if impl.time_smooth}, budget)
         for name, ms in smooth_ms.items():
             ll_err = rel_err(outputs[name].log_likelihood, reference_ll)
             rows.append(Row(case, dname, "smooth", name, ms, ll_err))
@@ -541,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, nargs="+", help="indices into CASES to run (default all)")
     parser.add_argument("--check", action="store_true", help="run only the float64 correctness gate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autograd", action="store_true",
+                        help="also time seqlvm's gradient by autograd through kalman_filter (rows *-ag)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     budget = None if args.check else QUICK if args.quick else FULL
@@ -548,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     failures: list[str] = []
     for case in cases:
-        case_rows, case_failures = run_case(case, budget, args.seed)
+        case_rows, case_failures = run_case(case, budget, args.seed, args.autograd)
         rows += case_rows
         failures += case_failures
     print(environment() + ("\n" if args.markdown else ""))
