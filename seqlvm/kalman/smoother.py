@@ -129,8 +129,10 @@ def smooth_filtered(
             m_last = m_last.new_zeros(b, m_last.shape[-1])
         m, covs = _smooth_parallel(kernel, m_last, P_last)
     else:
-        m = steady_linear_recurrence(kernel.E, kernel.g, m_last, kernel.steady_from, reverse=True)
-        m = torch.cat([m, m_last.unsqueeze(1)], dim=1)
+        m = None
+        if means:
+            m = steady_linear_recurrence(kernel.E, kernel.g, m_last, kernel.steady_from, reverse=True)
+            m = torch.cat([m, m_last.unsqueeze(1)], dim=1)
         covs = _smooth_covariances_sequential(kernel, P_last)
     return (m if means else None), covs, covs[:, 1:] @ kernel.E.transpose(-1, -2)
 
