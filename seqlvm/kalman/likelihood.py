@@ -126,20 +126,27 @@ def adjoints(prep: Prepared, filt: FilterResult, gains: Gains, method: str) -> t
     from innovations, not from differences of smoothed means and data: on data whose states
     grow large (a random walk) those differences lose digits that these keep.
     """
-    T, n = prep.steps, prep.n
+    T = prep.steps
     C, _ = prep.emission()
     Sv = solve_vec(gains.chols, prep.x - matvec(C, filt.pred_means))
     c = matvec(C.transpose(-1, -2), Sv)
     if T == 1:
         return c, Sv
-    A_next = full_time(prep.A, T)[:, 1:]
-    KT = gains.K[:, :-1].transpose(-1, -2)
-    eye = torch.eye(n, dtype=c.dtype, device=c.device)
-    LT = (eye - full_time(C, T)[:, :-1].transpose(-1, -2) @ KT) @ A_next.transpose(-1, -2)  # L_t^T
+    LT = _error_transitions(prep, gains).transpose(-1, -2)
     head = steady_linear_recurrence(LT, c[:, :-1], c[:, -1], gains.steady_from, method, reverse=True)
     rho = torch.cat([head, c[:, -1:]], dim=1)
-    back = matvec(KT, matvec(A_next.transpose(-1, -2), rho[:, 1:]))
+    A_next = full_time(prep.A, T)[:, 1:]
+    back = matvec(gains.K[:, :-1].transpose(-1, -2), matvec(A_next.transpose(-1, -2), rho[:, 1:]))
     return rho, Sv - torch.cat([back, torch.zeros_like(Sv[:, :1])], dim=1)
+
+
+def _error_transitions(prep: Prepared, gains: Gains) -> Tensor:
+    """L_t = A_{t+1} (I - K_t C~_t) for t = 0..T-2, (b, T-1, n, n): how an error in the prediction
+    of z_t carries into the prediction of z_{t+1}."""
+    T = prep.steps
+    C, _ = prep.emission()
+    eye = torch.eye(prep.n, dtype=prep.A.dtype, device=prep.A.device)
+    return full_time(prep.A, T)[:, 1:] @ (eye - gains.K[:, :-1] @ full_time(C, T)[:, :-1])
 
 
 def _emission_gradients(
@@ -176,7 +183,6 @@ def _transition_gradients(
     prep: Prepared, gains: Gains, s: Tensor, N: Tensor, rho: Tensor, w: Tensor, need: set[str]
 ) -> dict[str, Tensor]:
     """Gradients through the steps t = 1..T-1 (index 0 of a time-varying A, Q, B or u gets 0)."""
-    T = prep.steps
 
     def into(p: Tensor) -> Tensor:  # the parameter over the transitions 1..T-1
         return p[:, 1:] if p.shape[1] > 1 else p
@@ -184,12 +190,8 @@ def _transition_gradients(
     r = rho[:, 1:]  # Q_t^-1 E[f_t], (Bt, T-1, n)
     grads = {}
     if "A" in need:
-        # Q_t^-1 Cov(f_t, z_{t-1} | x) = -N_t L_{t-1} P_{t-1},  L_{t-1} = A_t (I - K_{t-1} C~_{t-1})
-        C, _ = prep.emission()
-        n = prep.n
-        eye = torch.eye(n, dtype=s.dtype, device=s.device)
-        A_full = full_time(prep.A, T)[:, 1:]
-        LP = A_full @ (eye - gains.K[:, :-1] @ full_time(C, T)[:, :-1]) @ gains.pred_covs[:, :-1]
+        # Q_t^-1 Cov(f_t, z_{t-1} | x) = -N_t L_{t-1} P_{t-1}
+        LP = _error_transitions(prep, gains) @ gains.pred_covs[:, :-1]
         target = into(prep.A).shape[:2]
         gA = _outer(r, s[:, :-1], w, target) - _reduce(N[:, 1:] @ LP, w, target)
         grads["A"] = _pad_time(gA, prep.A.shape[1])
@@ -225,12 +227,6 @@ def _reduce(M: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:
         if target[0] == 1:
             M = M.sum(0, keepdim=True)
     return M.sum(1, keepdim=True) if target[1] == 1 else M
-
-
-def _count(w: Tensor, steps: int, target: tuple[int, int]) -> Tensor:
-    """The weight summed into each target entry by :func:`_reduce` over ``steps`` steps: (b, t)."""
-    per_seq = w if target[0] > 1 else w.sum()[None]
-    return per_seq[:, None].expand(target[0], target[1]) * (steps if target[1] == 1 else 1)
 
 
 def _sum_to(G: Tensor, shape: torch.Size) -> Tensor:
