@@ -13,8 +13,9 @@ observed is predict-only and adds exactly 0 to the log-likelihood.
 
 The work is split in two passes. The covariances (and with them the gains) never depend on the
 values of x, only on which entries are observed: the *covariance pass* computes them once for
-the whole batch when the parameters are shared and nothing is missing, by a loop
-(``"sequential"``, which stops at the steady state) or an associative scan (``"parallel"``).
+the whole batch when the parameters are shared and nothing is missing. For a time-invariant,
+fully observed model it runs only up to the steady state, by doubling (``_covariances_steady``);
+otherwise by a loop (``"sequential"``) or an associative scan (``"parallel"``).
 Given the gains, the filtered means obey an affine recurrence
 ``m_t = (I - K_t C_t) A_t m_{t-1} + (I - K_t C_t) B_t u_t + K_t x_t``: the *mean pass* solves it
 by a loop or a scan, and in exact blocks wherever the gain is steady.
@@ -118,22 +119,17 @@ STEADY_CHECK_EVERY = 4  # steps between steady-state tests (each costs a device 
 
 
 def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
-    """Riccati recursion step by step; stops once a time-invariant, unmasked model is steady."""
+    """Riccati recursion step by step (time-varying or partly observed models)."""
     T, n = prep.steps, prep.n
     eye = torch.eye(n, dtype=C_all.dtype, device=C_all.device)
-    watch_steady = prep.time_invariant and prep.observed is None
-    pcovs, covs, gains, infos = [], [], [], []
-    steady_from, P = None, None
+    pcovs, covs, gains, chols, infos = [], [], [], [], []
+    P = None
     for t in range(T):
         if t == 0:
             P_pred = prep.P0
         else:
             A = prep.at("A", t)
             P_pred = sym(A @ P @ A.transpose(-1, -2) + prep.at("Q", t))
-            if watch_steady and t % STEADY_CHECK_EVERY == 0 and t >= 2 * STEADY_CHECK_EVERY:
-                if converged(P_pred, pcovs[-1]) and converged(pcovs[-1], pcovs[-2]):
-                    steady_from = t
-                    break
         C = C_all[:, t] if C_all.shape[1] > 1 else C_all[:, 0]
         R = R_all[:, t] if R_all.shape[1] > 1 else R_all[:, 0]
         CP = C @ P_pred
@@ -143,20 +139,16 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         P = sym(IKC @ P_pred @ IKC.transpose(-1, -2) + Kt.transpose(-1, -2) @ R @ Kt)  # Joseph form
         pcovs.append(P_pred)
         covs.append(P)
-        gains.append((Kt.transpose(-1, -2), L))
+        gains.append(Kt.transpose(-1, -2))
+        chols.append(L)
         infos.append(info)
     if bool(torch.stack([i.reshape(-1) for i in infos]).any()):  # one sync, after the loop
         raise _not_positive_definite()
-    steps = len(covs)
-    parts = [pcovs, covs, [k for k, _ in gains], [c for _, c in gains]]
     stacked = []
-    for seq in parts:
+    for seq in (pcovs, covs, gains, chols):
         b = max(v.shape[0] for v in seq)
-        block = torch.stack([v.expand(b, *v.shape[1:]) for v in seq], 1)
-        if steps < T:  # steady: the last value holds for the remaining steps
-            block = torch.cat([block, block[:, -1:].expand(b, T - steps, *block.shape[2:])], 1)
-        stacked.append(block)
-    return Gains(*stacked, steady_from)
+        stacked.append(torch.stack([v.expand(b, *v.shape[1:]) for v in seq], 1))
+    return Gains(*stacked, None)
 
 
 def _along_time(first: Tensor, rest: Tensor) -> Tensor:
@@ -186,56 +178,102 @@ def _covariance_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) 
     return W @ Ai, sym(W @ Ci @ Aj.transpose(-1, -2) + Cj), sym(V @ Jj @ Ai + Ji)
 
 
-def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
-    """All filtered covariances by an associative scan, O(log T) depth.
+def _scan_elements(A: Tensor, Q: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, ...]:
+    """The operator's elements for steps with transition (A, Q) and emission (C, R), (b, N, ...).
 
-    Element t conditions z_t on x_t given z_{t-1}: with the prior folded into step 0 as a
-    transition from nothing (A_0 = 0, noise P0), ``S = C Q C^T + R``, ``K = Q C^T S^-1``,
+    Element t conditions z_t on x_t given z_{t-1}: ``S = C Q C^T + R``, ``K = Q C^T S^-1``,
     ``A_el = (I - K C) A``, ``C_el = (I - K C) Q (I - K C)^T + K R K^T``,
-    ``J_el = A^T C^T S^-1 C A``.
+    ``J_el = A^T C^T S^-1 C A``. The prior enters as step 0's transition from nothing
+    (A = 0, Q = P0).
     """
-    T, n = prep.steps, prep.n
+    CQ = C @ Q
+    L = _cholesky(CQ @ C.transpose(-1, -2) + R)
+    Kt = torch.cholesky_solve(CQ, L)
+    K = Kt.transpose(-1, -2)
+    IKC = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device) - K @ C
+    CA = C @ A
+    return (
+        IKC @ A,
+        sym(IKC @ Q @ IKC.transpose(-1, -2) + K @ R @ Kt),
+        sym(CA.transpose(-1, -2) @ torch.cholesky_solve(CA, L)),
+    )
+
+
+def _gains_from_covs(prep: Prepared, covs: Tensor, C: Tensor, R: Tensor, steady_from: int | None = None) -> Gains:
+    """Predicted covariances, gains and innovation factors from the filtered covariances
+    (b, N, n, n) of steps 0..N-1; C, R (b, N or 1, ...)."""
+    N = covs.shape[1]
+    A, Q = full_time(prep.A, N)[:, 1:], full_time(prep.Q, N)[:, 1:]
+    pred_covs = _along_time(prep.P0, sym(A @ covs[:, :-1] @ A.transpose(-1, -2) + Q))
+    CP = C @ pred_covs
+    chols = _cholesky(CP @ C.transpose(-1, -2) + R)
+    gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
+    b = max(covs.shape[0], pred_covs.shape[0], gains.shape[0])
+    return Gains(*(v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)), steady_from)
+
+
+def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
+    """All filtered covariances by an associative scan, O(log T) depth."""
+    T = prep.steps
     A = full_time(prep.A, T)
     A0 = torch.cat([torch.zeros_like(A[:, :1]), A[:, 1:]], dim=1)
     Q0 = _along_time(prep.P0, full_time(prep.Q, T)[:, 1:])
-    C, R = C_all, R_all
-    Ct = C.transpose(-1, -2)
-    CQ = C @ Q0
-    L = _cholesky(CQ @ Ct + R)
-    Kt = torch.cholesky_solve(CQ, L)
-    K = Kt.transpose(-1, -2)
-    IKC = torch.eye(n, dtype=A.dtype, device=A.device) - K @ C
-    CA = C @ A0
-    elems = (
-        IKC @ A0,
-        sym(IKC @ Q0 @ IKC.transpose(-1, -2) + K @ R @ Kt),
-        sym(CA.transpose(-1, -2) @ torch.cholesky_solve(CA, L)),
-    )
-    _, covs, _ = associative_scan(_covariance_combine, elems)
-    pred_covs = _along_time(prep.P0, sym(A[:, 1:] @ covs[:, :-1] @ A[:, 1:].transpose(-1, -2) + full_time(prep.Q, T)[:, 1:]))
-    CP = C @ pred_covs
-    chols = _cholesky(CP @ Ct + R)
-    gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
-    b = max(covs.shape[0], pred_covs.shape[0], gains.shape[0])
-    parts = [v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)]
-    steady_from = _steady_from(pred_covs) if prep.time_invariant and prep.observed is None else None
-    if steady_from is not None:
-        # Hold the steady values exactly: the mean pass then solves that stretch with one gain,
-        # and per-step rounding differences must not enter it (they drift along slow modes).
-        parts = [torch.cat([v[:, :steady_from], v[:, steady_from : steady_from + 1].expand_as(v[:, steady_from:])], 1) for v in parts]
-    return Gains(*parts, steady_from)
+    _, covs, _ = associative_scan(_covariance_combine, _scan_elements(A0, Q0, C_all, R_all))
+    return _gains_from_covs(prep, covs, C_all, R_all)
 
 
-def _steady_from(pred_covs: Tensor) -> int | None:
-    """The first step from which the predicted covariances stay put to rounding error, or None."""
-    P = pred_covs.detach()
-    if P.shape[1] < 3:
+STEADY_FIRST_STRETCH = 128  # steps computed before the first steady-state test
+
+
+def _covariances_steady(prep: Prepared, C: Tensor, R: Tensor) -> Gains:
+    """A time-invariant, fully observed model: the covariances up to their steady state.
+
+    Every scan element after step 0's is the same ``e``, so the filtered covariance of step t is
+    that of ``e_0 * e^t``, and the powers ``e^1 .. e^N`` come by doubling: log2 N combines of
+    growing batches. N grows (128, 512, ...) until the predicted covariances have stayed put to
+    rounding error for a few steps; from there on every step holds that value exactly (so the
+    mean pass can solve that stretch with one gain), which makes the results exact, not an
+    approximation.
+    """
+    T = prep.steps
+    first = _scan_elements(torch.zeros_like(prep.A), prep.P0.unsqueeze(1), C, R)
+    if T == 1:
+        return _gains_from_covs(prep, first[1], C, R)
+    step = _scan_elements(prep.A, prep.Q, C, R)
+    powers, N = step, min(T - 1, STEADY_FIRST_STRETCH)
+    while True:
+        while powers[0].shape[1] < N:  # e^1..e^k -> e^1..e^2k
+            more = _covariance_combine(tuple(p[:, -1:] for p in powers), powers)
+            powers = tuple(torch.cat([p, q], 1) for p, q in zip(powers, more))
+        _, rest, _ = _covariance_combine(first, tuple(p[:, :N] for p in powers))
+        covs = torch.cat([first[1].expand(rest.shape[0], -1, -1, -1), rest], 1)  # steps 0..N
+        s = _steady_from(covs)
+        if s is not None or N == T - 1:
+            break
+        N = min(T - 1, 4 * N)
+    if s is None:
+        return _gains_from_covs(prep, covs, C, R)
+    # Filtered covariances are steady from step s, so everything else is from step s + 1.
+    head = _gains_from_covs(prep, covs[:, : s + 2], C, R)
+    parts = [torch.cat([v, v[:, -1:].expand(-1, T - s - 2, -1, -1)], 1) for v in head[:4]]
+    return Gains(*parts, s + 1)
+
+
+STEADY_MARGIN = 4  # calm steps required after the steady point
+
+
+def _steady_from(covs: Tensor) -> int | None:
+    """The first step from which the covariances (b, N, n, n) stay put to rounding error, with
+    at least ``STEADY_MARGIN`` calm steps seen after it; None if there is none."""
+    P = covs.detach()
+    if P.shape[1] < STEADY_MARGIN + 2:
         return None
-    step = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (T-1,)
-    calm = (step <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
+    change = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (N-1,)
+    calm = (change <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
     calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
-    first = int(torch.argmax(calm_after)) if bool(calm_after.any()) else None
-    return None if first is None else first + 1
+    if not bool(calm_after[-STEADY_MARGIN:].all()):
+        return None
+    return int(torch.argmax(calm_after))
 
 
 def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains]:
@@ -243,7 +281,10 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains]:
     T, Bt, n = prep.steps, prep.batch, prep.n
     x = prep.x
     C_all, R_all = prep.emission()
-    gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
+    if prep.time_invariant and prep.observed is None:
+        gains = _covariances_steady(prep, C_all, R_all)
+    else:
+        gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
     K, s = gains.K, gains.steady_from
     C = full_time(C_all, T)
     IKC = torch.eye(n, dtype=x.dtype, device=x.device) - K @ C  # (b, T, n, n)
