@@ -28,9 +28,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_chol, sym
-from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence
+from seqlvm.kalman.linalg import columns, sym, uncolumns
+from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
+from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
 
 METHODS = ("sequential", "parallel")
 
@@ -81,8 +81,7 @@ def kalman_filter(
     """
     check_method(method, "kalman_filter")
     prep = prepare(params, x, mask, u, fn="kalman_filter")
-    result, _ = run_filter(prep, method)
-    return result
+    return run_filter(prep, method)[0]
 
 
 class Gains(NamedTuple):
@@ -113,9 +112,6 @@ def _cholesky(S: Tensor) -> Tensor:
     if bool(info.any()):
         raise _not_positive_definite()
     return L
-
-
-STEADY_CHECK_EVERY = 4  # steps between steady-state tests (each costs a device sync)
 
 
 def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
@@ -199,7 +195,7 @@ def _scan_elements(A: Tensor, Q: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, 
     )
 
 
-def _gains_from_covs(prep: Prepared, covs: Tensor, C: Tensor, R: Tensor, steady_from: int | None = None) -> Gains:
+def _gains_from_covs(prep: Prepared, covs: Tensor, C: Tensor, R: Tensor) -> Gains:
     """Predicted covariances, gains and innovation factors from the filtered covariances
     (b, N, n, n) of steps 0..N-1; C, R (b, N or 1, ...)."""
     N = covs.shape[1]
@@ -209,7 +205,7 @@ def _gains_from_covs(prep: Prepared, covs: Tensor, C: Tensor, R: Tensor, steady_
     chols = _cholesky(CP @ C.transpose(-1, -2) + R)
     gains = torch.cholesky_solve(CP, chols).transpose(-1, -2)
     b = max(covs.shape[0], pred_covs.shape[0], gains.shape[0])
-    return Gains(*(v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)), steady_from)
+    return Gains(*(v.expand(b, *v.shape[1:]) for v in (pred_covs, covs, gains, chols)), None)
 
 
 def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
@@ -222,35 +218,25 @@ def _covariances_parallel(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains
     return _gains_from_covs(prep, covs, C_all, R_all)
 
 
-STEADY_FIRST_STRETCH = 128  # steps computed before the first steady-state test
-
-
 def _covariances_steady(prep: Prepared, C: Tensor, R: Tensor) -> Gains:
     """A time-invariant, fully observed model: the covariances up to their steady state.
 
     Every scan element after step 0's is the same ``e``, so the filtered covariance of step t is
-    that of ``e_0 * e^t``, and the powers ``e^1 .. e^N`` come by doubling: log2 N combines of
-    growing batches. N grows (128, 512, ...) until the predicted covariances have stayed put to
-    rounding error for a few steps; from there on every step holds that value exactly (so the
-    mean pass can solve that stretch with one gain), which makes the results exact, not an
-    approximation.
+    that of ``e_0 * e^t``, with the powers of e by doubling (:func:`steady_powers`) until the
+    covariances have stayed put to rounding error. From there on every step holds that value
+    exactly (so the mean pass can solve that stretch with one gain): the results are exact, not
+    an approximation.
     """
     T = prep.steps
     first = _scan_elements(torch.zeros_like(prep.A), prep.P0.unsqueeze(1), C, R)
     if T == 1:
         return _gains_from_covs(prep, first[1], C, R)
-    step = _scan_elements(prep.A, prep.Q, C, R)
-    powers, N = step, min(T - 1, STEADY_FIRST_STRETCH)
-    while True:
-        while powers[0].shape[1] < N:  # e^1..e^k -> e^1..e^2k
-            more = _covariance_combine(tuple(p[:, -1:] for p in powers), powers)
-            powers = tuple(torch.cat([p, q], 1) for p, q in zip(powers, more))
-        _, rest, _ = _covariance_combine(first, tuple(p[:, :N] for p in powers))
-        covs = torch.cat([first[1].expand(rest.shape[0], -1, -1, -1), rest], 1)  # steps 0..N
-        s = _steady_from(covs)
-        if s is not None or N == T - 1:
-            break
-        N = min(T - 1, 4 * N)
+
+    def filtered(powers: tuple[Tensor, ...]) -> Tensor:  # steps 0..N
+        rest = _covariance_combine(first, powers)[1]
+        return torch.cat([first[1].expand(rest.shape[0], -1, -1, -1), rest], 1)
+
+    covs, s = steady_powers(_covariance_combine, _scan_elements(prep.A, prep.Q, C, R), filtered, T - 1)
     if s is None:
         return _gains_from_covs(prep, covs, C, R)
     # Filtered covariances are steady from step s, so everything else is from step s + 1.
@@ -259,61 +245,65 @@ def _covariances_steady(prep: Prepared, C: Tensor, R: Tensor) -> Gains:
     return Gains(*parts, s + 1)
 
 
-STEADY_MARGIN = 4  # calm steps required after the steady point
+class MeanPass(NamedTuple):
+    """The filter's data-dependent half in the product layout of :func:`~seqlvm.kalman.linalg.columns`
+    ((1, T, d, Bt) or (Bt, T, d, 1)), for the smoother and the gradient to build on.
+
+    means, pred_means: filtered and predicted means (n); innovations: x - C pred_means (m);
+    shared: whether the sequences are the columns.
+    """
+
+    means: Tensor
+    pred_means: Tensor
+    innovations: Tensor
+    shared: bool
 
 
-def _steady_from(covs: Tensor) -> int | None:
-    """The first step from which the covariances (b, N, n, n) stay put to rounding error, with
-    at least ``STEADY_MARGIN`` calm steps seen after it; None if there is none."""
-    P = covs.detach()
-    if P.shape[1] < STEADY_MARGIN + 2:
-        return None
-    change = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (N-1,)
-    calm = (change <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
-    calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
-    if not bool(calm_after[-STEADY_MARGIN:].all()):
-        return None
-    return int(torch.argmax(calm_after))
-
-
-def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains]:
-    """The filter on prepared inputs, and its data-independent half (gains, steady state)."""
+def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPass]:
+    """The filter on prepared inputs, its data-independent half (gains, steady state) and its
+    mean pass in the product layout."""
     T, Bt, n = prep.steps, prep.batch, prep.n
-    x = prep.x
     C_all, R_all = prep.emission()
     if prep.time_invariant and prep.observed is None:
         gains = _covariances_steady(prep, C_all, R_all)
     else:
         gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
     K, s = gains.K, gains.steady_from
-    C = full_time(C_all, T)
-    IKC = torch.eye(n, dtype=x.dtype, device=x.device) - K @ C  # (b, T, n, n)
+    shared = K.shape[0] == 1
+    C, A = full_time(C_all, T), full_time(prep.A, T)
+    IKC = torch.eye(n, dtype=K.dtype, device=K.device) - K @ C  # (b, T, n, n)
+    X = columns(prep.x, shared)
+    m0 = columns(prep.m0.expand(Bt, n), shared)
     # Mean pass: m_t = F_t m_{t-1} + g_t with F_t = (I - K_t C_t) A_t, g_t = (I - K_t C_t) B_t u_t + K_t x_t.
-    g = matvec(K, x)
+    g = K @ X
     controls = prep.controls()
     if controls is not None:  # u_0 drives nothing: z_0 is the prior
-        g = g + torch.cat([torch.zeros_like(controls[:, :1]), matvec(IKC[:, 1:], controls[:, 1:])], dim=1)
-    m_first = matvec(IKC[:, 0], prep.m0.expand(Bt, n)) + g[:, 0]
+        controls = columns(controls, shared)
+        g = g + torch.cat([torch.zeros_like(controls[:, :1]), IKC[:, 1:] @ controls[:, 1:]], dim=1)
+    m_first = IKC[:, 0] @ m0 + g[:, 0]
     if T == 1:
         means = m_first.unsqueeze(1)
     else:
-        F = IKC[:, 1:] @ full_time(prep.A, T)[:, 1:]  # F[:, t - 1] leads into step t
+        F = IKC[:, 1:] @ A[:, 1:]  # F[:, t - 1] leads into step t
         rest = steady_linear_recurrence(F, g[:, 1:], m_first, None if s is None else s - 1, method)
         means = torch.cat([m_first.unsqueeze(1), rest], dim=1)
     # One-step predictions and innovations, all steps at once.
-    pred = matvec(full_time(prep.A, T)[:, 1:], means[:, :-1])
+    pred = A[:, 1:] @ means[:, :-1]
     if controls is not None:
         pred = pred + controls[:, 1:]
-    pred_means = torch.cat([prep.m0.expand(Bt, n).unsqueeze(1), pred], dim=1)
-    step_ll = mvn_logpdf_chol(x - matvec(C, pred_means), gains.chols, prep.observed_count())
-    return (
-        FilterResult(
-            means,
-            gains.covs.expand(Bt, T, n, n),
-            pred_means,
-            gains.pred_covs.expand(Bt, T, n, n),
-            step_ll.sum(1),
-            step_ll,
-        ),
-        gains,
+    pred_means = torch.cat([m0.unsqueeze(1), pred], dim=1)
+    innovations = X - C @ pred_means
+    # log N(v; 0, S) with S = L L^T; the observed count in the 2 pi term lets padded, unobserved
+    # entries (v_i = 0, unit variance, uncorrelated) add exactly 0.
+    quad = uncolumns(torch.linalg.solve_triangular(gains.chols, innovations, upper=False).pow(2).sum(-2, keepdim=True))
+    log_det = torch.log(gains.chols.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    step_ll = -0.5 * (quad.squeeze(-1) + prep.observed_count() * LOG_2PI) - log_det
+    result = FilterResult(
+        uncolumns(means),
+        gains.covs.expand(Bt, T, n, n),
+        uncolumns(pred_means),
+        gains.pred_covs.expand(Bt, T, n, n),
+        step_ll.sum(1),
+        step_ll,
     )
+    return result, gains, MeanPass(means, pred_means, innovations, shared)

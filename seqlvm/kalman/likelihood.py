@@ -32,11 +32,13 @@ perturbations), as autograd gives through the filter's Cholesky factorisations.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.filter import FilterResult, Gains, check_method, full_time, run_filter
-from seqlvm.kalman.linalg import matvec, solve_vec, sym
+from seqlvm.kalman.filter import FilterResult, Gains, MeanPass, check_method, full_time, run_filter
+from seqlvm.kalman.linalg import columns, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import steady_linear_recurrence
 from seqlvm.kalman.smoother import smooth_filtered
@@ -64,8 +66,8 @@ class _LogLikelihood(torch.autograd.Function):
     @staticmethod
     def forward(ctx, method, mask, A, C, Q, R, m0, P0, B, x, u):  # noqa: ANN001, ANN205
         prep = prepare(LGSSMParams(A, C, Q, R, m0, P0, B), x, mask, u, fn="log_likelihood")
-        filt, gains = run_filter(prep, method)
-        ctx.saved = (prep, filt, gains, method)
+        filt, gains, mp = run_filter(prep, method)
+        ctx.saved = (prep, filt, gains, mp, method)
         ctx.shapes = [None if t is None else t.shape for t in (A, C, Q, R, m0, P0, B, x, u)]
         return filt.log_likelihood
 
@@ -76,46 +78,55 @@ class _LogLikelihood(torch.autograd.Function):
                 "log_likelihood's gradient (Fisher's identity) is first-order only; for higher "
                 "derivatives differentiate kalman_filter(...).log_likelihood"
             )
-        prep, filt, gains, method = ctx.saved
+        prep, filt, gains, mp, method = ctx.saved
         names = ("A", "C", "Q", "R", "m0", "P0", "B", "x", "u")
         need = {k for k, flag in zip(names, ctx.needs_input_grad[2:]) if flag}
-        grads = fisher_gradients(prep, filt, gains, method, weights, need)
+        grads = fisher_gradients(prep, filt, gains, mp, method, weights, need)
         out = [None if k not in grads else grads[k].reshape(shape) for k, shape in zip(names, ctx.shapes)]
         return (None, None, *out)
 
 
+class _Weights(NamedTuple):
+    """The sequences' weights (Bt,) and the same in the mean pass's product layout (c, 1, 1, k)."""
+
+    vec: Tensor
+    cols: Tensor
+
+
 def fisher_gradients(
-    prep: Prepared, filt: FilterResult, gains: Gains, method: str, weights: Tensor, need: set[str]
+    prep: Prepared, filt: FilterResult, gains: Gains, mp: MeanPass, method: str, weights: Tensor, need: set[str]
 ) -> dict[str, Tensor]:
     """Gradients of sum_b weights_b log p(x_b) w.r.t. the names in ``need``, in the internal
     layout of ``prep`` (module docstring for the formulas)."""
-    _, V, _ = smooth_filtered(prep, filt, gains.steady_from, method, means=False)
-    rho, u = adjoints(prep, filt, gains, method)
+    _, V, _ = smooth_filtered(prep, filt, mp, gains.steady_from, method, means=False)
+    rho, u = adjoints(prep, gains, mp, method)
     P = gains.pred_covs
-    s = filt.pred_means + matvec(P, rho)  # E[z_t | x]
+    s = mp.pred_means + P @ rho  # E[z_t | x]
     # N_t = P_t^-1 (P_t - V_t) P_t^-1, so that Cov(z_t | x) = P_t - P_t N_t P_t
     LP = torch.linalg.cholesky(P)
     N = sym(torch.cholesky_solve(torch.cholesky_solve(P - V, LP).transpose(-1, -2), LP))
-    w = weights.to(s.dtype)
+    w_vec = weights.to(s.dtype)
+    w = _Weights(w_vec, columns(w_vec[:, None], mp.shared).unsqueeze(1))
     grads: dict[str, Tensor] = {}
     if need & {"C", "R", "x"}:
         grads.update(_emission_gradients(prep, gains, s, V, N, u, w, need))
     if need & {"A", "Q", "B", "u"}:
         if prep.steps > 1:
-            grads.update(_transition_gradients(prep, gains, s, N, rho, w, need))
+            grads.update(_transition_gradients(prep, gains, mp.shared, s, N, rho, w, need))
         else:  # a single step has no transition to differentiate through
             grads.update({k: torch.zeros_like(prep.u if k == "u" else getattr(prep, k)) for k in need & {"A", "Q", "B", "u"}})
     if "m0" in need:
-        grads["m0"] = _sum_batch(w[:, None] * rho[:, 0], prep.m0.shape[0])
+        grads["m0"] = _sum_batch(uncolumns(w.cols * rho[:, :1])[:, 0], prep.m0.shape[0])
     if "P0" in need:
         target = (prep.P0.shape[0], 1)
-        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w, target) - _reduce(N[:, :1], w, target))
+        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w.cols, target) - _reduce(N[:, :1], w.vec, target))
         grads["P0"] = gP0[:, 0]
     return grads
 
 
-def adjoints(prep: Prepared, filt: FilterResult, gains: Gains, method: str) -> tuple[Tensor, Tensor]:
-    """rho (Bt, T, n) = P_{t|t-1}^-1 (s_t - m_{t|t-1}), u (Bt, T, m) = R~_t^-1 E[x~_t - C~_t z_t | x].
+def adjoints(prep: Prepared, gains: Gains, mp: MeanPass, method: str) -> tuple[Tensor, Tensor]:
+    """rho (n) = P_{t|t-1}^-1 (s_t - m_{t|t-1}) and u (m) = R~_t^-1 E[x~_t - C~_t z_t | x] of every
+    step, in the product layout of ``mp``.
 
     The backward recursion of the disturbance smoother (Durbin & Koopman, 2012, 4.5), with the
     innovations v_t = x~_t - C~_t m_{t|t-1} and L_t = A_{t+1} (I - K_t C~_t)::
@@ -128,15 +139,15 @@ def adjoints(prep: Prepared, filt: FilterResult, gains: Gains, method: str) -> t
     """
     T = prep.steps
     C, _ = prep.emission()
-    Sv = solve_vec(gains.chols, prep.x - matvec(C, filt.pred_means))
-    c = matvec(C.transpose(-1, -2), Sv)
+    Sv = torch.cholesky_solve(mp.innovations, gains.chols)
+    c = C.transpose(-1, -2) @ Sv
     if T == 1:
         return c, Sv
     LT = _error_transitions(prep, gains).transpose(-1, -2)
     head = steady_linear_recurrence(LT, c[:, :-1], c[:, -1], gains.steady_from, method, reverse=True)
     rho = torch.cat([head, c[:, -1:]], dim=1)
     A_next = full_time(prep.A, T)[:, 1:]
-    back = matvec(gains.K[:, :-1].transpose(-1, -2), matvec(A_next.transpose(-1, -2), rho[:, 1:]))
+    back = gains.K[:, :-1].transpose(-1, -2) @ (A_next.transpose(-1, -2) @ rho[:, 1:])
     return rho, Sv - torch.cat([back, torch.zeros_like(Sv[:, :1])], dim=1)
 
 
@@ -150,16 +161,16 @@ def _error_transitions(prep: Prepared, gains: Gains) -> Tensor:
 
 
 def _emission_gradients(
-    prep: Prepared, gains: Gains, s: Tensor, V: Tensor, N: Tensor, u: Tensor, w: Tensor, need: set[str]
+    prep: Prepared, gains: Gains, s: Tensor, V: Tensor, N: Tensor, u: Tensor, w: _Weights, need: set[str]
 ) -> dict[str, Tensor]:
     C, R = prep.emission()  # (bC, TC, m, n), (bR, TR, m, m); both (Bt, T) when entries are missing
     grads = {}
     if "x" in need:
-        gx = -w[:, None, None] * u
+        gx = -uncolumns(w.cols * u)
         grads["x"] = gx if prep.observed is None else gx * prep.observed
     if "C" in need:
         joint = (max(C.shape[0], R.shape[0]), max(C.shape[1], R.shape[1]))
-        gC = _outer(u, s, w, joint) - torch.cholesky_solve(_reduce(C @ V, w, joint), torch.linalg.cholesky(R))
+        gC = _outer(u, s, w.cols, joint) - torch.cholesky_solve(_reduce(C @ V, w.vec, joint), torch.linalg.cholesky(R))
         if prep.observed is not None:
             gC = gC * prep.observed[..., None]
         grads["C"] = _sum_to(gC, prep.C.shape)
@@ -171,7 +182,7 @@ def _emission_gradients(
         AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]
         D = S_inv + torch.cat([AK.transpose(-1, -2) @ N[:, 1:] @ AK, torch.zeros_like(S_inv[:, :1])], dim=1)
         target = R.shape[:2]
-        gR = 0.5 * (_outer(u, u, w, target) - _reduce(sym(D), w, target))
+        gR = 0.5 * (_outer(u, u, w.cols, target) - _reduce(sym(D), w.vec, target))
         if prep.observed is not None:
             o = prep.observed.to(gR.dtype)
             gR = gR * (o[..., :, None] * o[..., None, :])
@@ -180,41 +191,45 @@ def _emission_gradients(
 
 
 def _transition_gradients(
-    prep: Prepared, gains: Gains, s: Tensor, N: Tensor, rho: Tensor, w: Tensor, need: set[str]
+    prep: Prepared, gains: Gains, shared: bool, s: Tensor, N: Tensor, rho: Tensor, w: _Weights, need: set[str]
 ) -> dict[str, Tensor]:
     """Gradients through the steps t = 1..T-1 (index 0 of a time-varying A, Q, B or u gets 0)."""
 
     def into(p: Tensor) -> Tensor:  # the parameter over the transitions 1..T-1
         return p[:, 1:] if p.shape[1] > 1 else p
 
-    r = rho[:, 1:]  # Q_t^-1 E[f_t], (Bt, T-1, n)
+    r = rho[:, 1:]  # Q_t^-1 E[f_t] of steps 1..T-1
     grads = {}
     if "A" in need:
         # Q_t^-1 Cov(f_t, z_{t-1} | x) = -N_t L_{t-1} P_{t-1}
         LP = _error_transitions(prep, gains) @ gains.pred_covs[:, :-1]
         target = into(prep.A).shape[:2]
-        gA = _outer(r, s[:, :-1], w, target) - _reduce(N[:, 1:] @ LP, w, target)
+        gA = _outer(r, s[:, :-1], w.cols, target) - _reduce(N[:, 1:] @ LP, w.vec, target)
         grads["A"] = _pad_time(gA, prep.A.shape[1])
     if "Q" in need:
         target = into(prep.Q).shape[:2]
-        gQ = 0.5 * (_outer(r, r, w, target) - _reduce(N[:, 1:], w, target))
+        gQ = 0.5 * (_outer(r, r, w.cols, target) - _reduce(N[:, 1:], w.vec, target))
         grads["Q"] = _pad_time(gQ, prep.Q.shape[1])
     if need & {"B", "u"}:
-        gb = w[:, None, None] * r  # d/d(B_t u_t)
+        gb = w.cols * r  # d/d(B_t u_t)
         if "B" in need:
-            grads["B"] = _pad_time(_outer(gb, prep.u[:, 1:], torch.ones_like(w), into(prep.B).shape[:2]), prep.B.shape[1])
+            controls = columns(prep.u[:, 1:], shared)
+            grads["B"] = _pad_time(_outer(gb, controls, None, into(prep.B).shape[:2]), prep.B.shape[1])
         if "u" in need:
-            gu = matvec(into(prep.B).transpose(-1, -2), gb)
+            gu = uncolumns(into(prep.B).transpose(-1, -2) @ gb)
             grads["u"] = torch.cat([torch.zeros_like(gu[:, :1]), gu], dim=1)
     return grads
 
 
-def _outer(a: Tensor, b: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:
-    """sum of w_i a_it b_it^T over the batch i and time t, kept along the dims where ``target``
-    (batch, time) is not 1: a (Bt, T, r), b (Bt, T, c) -> (target[0], target[1], r, c)."""
-    keep = ("i" if target[0] > 1 else "") + ("t" if target[1] > 1 else "")
-    out = torch.einsum(f"i,itr,itc->{keep}rc", w, a, b)
-    return out.reshape(target[0], target[1], a.shape[-1], b.shape[-1])
+def _outer(a: Tensor, b: Tensor, w: Tensor | None, target: tuple[int, int]) -> Tensor:
+    """sum of w_i a_it b_it^T over the sequences i and time t, kept along the dims where
+    ``target`` (batch, time) is not 1. a (c, T, r, k), b (c, T, q, k) and w (c, 1, 1, k) (None:
+    all 1) in the product layout, where the sum over the columns is a matrix product
+    -> (target[0], target[1], r, q)."""
+    out = (a if w is None else a * w) @ b.transpose(-1, -2)  # (c, T, r, q)
+    if target[0] == 1 and out.shape[0] > 1:
+        out = out.sum(0, keepdim=True)
+    return out.sum(1, keepdim=True) if target[1] == 1 else out
 
 
 def _reduce(M: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:

@@ -13,12 +13,6 @@ def sym(P: Tensor) -> Tensor:
     return 0.5 * (P + P.transpose(-1, -2))
 
 
-def converged(new: Tensor, old: Tensor) -> bool:
-    """True when two covariances agree to a few units of rounding error (a steady state)."""
-    tol = 8 * torch.finfo(new.dtype).eps
-    return bool((new - old).abs().amax() <= tol * new.abs().amax())
-
-
 def safe_cholesky(S: Tensor) -> Tensor:
     """Lower Cholesky factor of a symmetric positive (semi-)definite batch.
 
@@ -41,21 +35,6 @@ def safe_cholesky(S: Tensor) -> Tensor:
         "covariance is not positive definite even after adding jitter "
         f"(dtype {S.dtype}); check that Q, R and P0 are positive definite"
     )
-
-
-def mvn_logpdf_chol(r: Tensor, L: Tensor, count: Tensor | float) -> Tensor:
-    """log N(r; 0, S) with S = L L^T, counting ``count`` dimensions in the 2*pi term.
-
-    r (..., d), L (..., d, d) broadcastable; returns (...). Using ``count`` < d lets padded,
-    unobserved dimensions (r_i = 0, unit variance, uncorrelated) add exactly 0.
-    """
-    if L.dim() == r.dim() + 1 and L.shape[0] == 1 and r.shape[0] > 1:
-        # A factor shared by the sequences: solve for all of them as columns (also in backward).
-        v = torch.linalg.solve_triangular(L[0], r.movedim(0, -1), upper=False).movedim(-1, 0)
-    else:
-        v = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False).squeeze(-1)
-    log_det = torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    return -0.5 * (v.pow(2).sum(-1) + count * LOG_2PI) - log_det
 
 
 def mvn_logpdf_of_noise(eps: Tensor, chol: Tensor) -> Tensor:
@@ -92,12 +71,22 @@ def matvec(M: Tensor, v: Tensor) -> Tensor:
     return (M @ v.unsqueeze(-1)).squeeze(-1)
 
 
-def solve_vec(L: Tensor, v: Tensor) -> Tensor:
-    """S^-1 v for batches, with S = L L^T: L (..., d, d), v (..., d) -> (..., d).
+def columns(v: Tensor, shared: bool) -> Tensor:
+    """Data (Bt, ..., d) as right-hand sides for the model's matrices (the mean passes' layout).
 
-    As in :func:`matvec`, a factor shared by the sequences (leading size 1) solves them all as
-    the columns of one right-hand side per remaining index.
+    When the matrices are shared by the sequences (``shared``: batch size 1) the sequences become
+    the columns, (1, ..., d, Bt), so each product ``M @ V`` is one matrix product per step for all
+    of them, with contiguous operands; otherwise each sequence is one column, (Bt, ..., d, 1).
+    Either way ``M @ V`` is the batched M v, elementwise work is unchanged, and :func:`uncolumns`
+    turns it back.
     """
-    if L.dim() == v.dim() + 1 and L.shape[0] == 1 and v.shape[0] > 1:
-        return torch.cholesky_solve(v.movedim(0, -1), L[0]).movedim(-1, 0)
-    return torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1)
+    if not shared or v.shape[0] == 1:
+        return v.unsqueeze(-1)
+    Bt, rest = v.shape[0], v.shape[1:]
+    return v.reshape(Bt, -1).t().contiguous().reshape(1, *rest, Bt)
+
+
+def uncolumns(V: Tensor) -> Tensor:
+    """(1, ..., d, Bt) or (Bt, ..., d, 1) back to (Bt, ..., d), as a view (no copy: transposing
+    a large tensor costs more than most of the filter's products)."""
+    return V.squeeze(-1) if V.shape[-1] == 1 else V[0].movedim(-1, 0)

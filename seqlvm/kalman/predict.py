@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import check_method, kalman_filter
-from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
+from seqlvm.kalman.linalg import columns, matvec, safe_cholesky, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, prepare
 from seqlvm.kalman.scan import constant_linear_recurrence, linear_recurrence
 
@@ -60,11 +60,13 @@ def sample_prior(
         controls = prep.controls()
         if controls is not None:
             drive = drive + controls[:, 1:]
+        shared = prep.A.shape[0] == 1
+        drive, h0 = columns(drive, shared), columns(z0, shared)
         if prep.A.shape[1] == 1:
-            rest = constant_linear_recurrence(prep.A[:, 0], drive, z0)
+            rest = constant_linear_recurrence(prep.A[:, 0], drive, h0)
         else:
-            rest = linear_recurrence(prep.A[:, 1:], drive, z0)
-        z = torch.cat([z0.unsqueeze(1), rest], dim=1)
+            rest = linear_recurrence(prep.A[:, 1:], drive, h0)
+        z = torch.cat([z0.unsqueeze(1), uncolumns(rest)], dim=1)
     x = matvec(prep.C, z) + matvec(safe_cholesky(prep.R), eta)
     return PriorSamples(z, x)
 

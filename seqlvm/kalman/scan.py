@@ -6,7 +6,12 @@ The parallel filter and smoother, and the fast paths of the sequential ones, red
   O(log T) sequential depth (the odd/even recursion of Blelloch, as in ``jax.lax.associative_scan``);
 - :func:`linear_recurrence`: ``h_t = F_t h_{t-1} + g_t`` by a loop or by the scan;
 - :func:`constant_linear_recurrence`: the same with one fixed ``F``, solved exactly in blocks with
-  one matrix product per block level (what a steady-state Kalman filter needs).
+  one matrix product per block level (what a steady-state Kalman filter needs);
+- :func:`steady_powers`: the powers of one repeated element by doubling, up to a steady state
+  (the covariances of a time-invariant model).
+
+The recurrences' states are matrices with k columns (the product layout of
+:func:`seqlvm.kalman.linalg.columns`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-
-from seqlvm.kalman.linalg import matvec
 
 Elems = tuple[Tensor, ...]
 
@@ -58,11 +61,56 @@ def associative_scan(
     )
 
 
+STEADY_MARGIN = 4  # calm steps required after a steady point
+
+
+def _steady_start(seq: Tensor) -> int | None:
+    """The first index along dim 1 from which a sequence of matrices (b, N, r, c) stays put to a
+    few units of rounding error, with at least ``STEADY_MARGIN`` calm steps after it; None if
+    there is none (a steady state of the covariance recursions)."""
+    P = seq.detach()
+    if P.shape[1] < STEADY_MARGIN + 2:
+        return None
+    change = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (N-1,)
+    calm = (change <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
+    calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
+    if not bool(calm_after[-STEADY_MARGIN:].all()):
+        return None
+    return int(torch.argmax(calm_after))
+
+
+FIRST_STRETCH = 128  # powers computed before the first steady-state test
+
+
+def steady_powers(
+    combine: Callable[[Elems, Elems], Elems], elem: Elems, value: Callable[[Elems], Tensor], count: int
+) -> tuple[Tensor, int | None]:
+    """``value`` of the powers e^1, e^2, ... of one element of an associative operator, up to a
+    steady state.
+
+    elem: tensors (b, 1, ...); value maps the stacked powers e^1..e^N (b, N, ...) to a sequence
+    of matrices (b, N', r, c) (a covariance recursion's). The powers come by doubling (log2 N
+    combines of growing batches); N grows 128, 512, ... up to ``count`` until the values reach a
+    steady state. Returns the values and the index from which they are steady, or None (then
+    N = count).
+    """
+    powers, N = elem, min(count, FIRST_STRETCH)
+    while True:
+        while powers[0].shape[1] < N:  # e^1..e^k -> e^1..e^2k
+            more = combine(tuple(p[:, -1:] for p in powers), powers)
+            powers = tuple(torch.cat([p, q], 1) for p, q in zip(powers, more))
+        values = value(tuple(p[:, :N] for p in powers))
+        steady = _steady_start(values)
+        if steady is not None or N == count:
+            return values, steady
+        N = min(count, 4 * N)
+
+
 def _affine_combine(earlier: Elems, later: Elems) -> Elems:
     """(F1, g1) then (F2, g2) is h -> F2 (F1 h + g1) + g2."""
     F1, g1 = earlier
     F2, g2 = later
-    return F2 @ F1, matvec(F2, g1) + g2
+    return F2 @ F1, F2 @ g1 + g2
 
 
 def linear_recurrence(
@@ -70,9 +118,10 @@ def linear_recurrence(
 ) -> Tensor:
     """Solve ``h_t = F_t h_{t-1} + g_t`` for t = 1..N with a time-varying ``F``.
 
-    F (b, N, n, n), g (Bt, N, n), h0 (Bt, n) -> h (Bt, N, n) holding h_1..h_N. With
-    ``reverse=True`` the recursion runs backwards: ``h_t = F_t h_{t+1} + g_t``, starting from
-    h0 after the last step. ``method="parallel"`` uses :func:`associative_scan`.
+    The states are matrices (k columns solved at once; see :func:`seqlvm.kalman.linalg.columns`):
+    F (b, N, n, n), g (c, N, n, k), h0 (c, n, k) -> h (c, N, n, k) holding h_1..h_N, with b and c
+    broadcasting. With ``reverse=True`` the recursion runs backwards: ``h_t = F_t h_{t+1} + g_t``,
+    starting from h0 after the last step. ``method="parallel"`` uses :func:`associative_scan`.
     """
     if g.shape[1] == 0:
         return g
@@ -80,14 +129,14 @@ def linear_recurrence(
         return linear_recurrence(F.flip(1), g.flip(1), h0, method).flip(1)
     if method == "parallel":
         # Fold h0 into the first offset, then the g-part of every prefix is h_t.
-        first = g[:, 0] + matvec(F[:, 0], h0)
+        first = g[:, 0] + F[:, 0] @ h0
         g = torch.cat([first.unsqueeze(1), g[:, 1:]], dim=1)
         _, h = associative_scan(_affine_combine, (F, g))
         return h
     out = []
     h = h0
     for t in range(g.shape[1]):
-        h = matvec(F[:, t], h) + g[:, t]
+        h = F[:, t] @ h + g[:, t]
         out.append(h)
     return torch.stack(out, dim=1)
 
@@ -136,16 +185,24 @@ def _block_length(n: int) -> int:
 
 
 def _apply(M: Tensor, X: Tensor) -> Tensor:
-    """Rows of X times M^T: M (b, r, c), X (Bt, k, c) -> (Bt, k, r), as one GEMM when b = 1."""
-    if M.shape[0] == 1:
-        return (X.reshape(-1, X.shape[-1]) @ M[0].transpose(0, 1)).reshape(*X.shape[:-1], M.shape[1])
-    return torch.bmm(X, M.transpose(1, 2))
+    """M times each block of X: M (b, r, s), X (c, B, s, k) -> (c, B, r, k).
+
+    With one column per sequence (k = 1) and a shared M, all blocks of all sequences go through
+    one GEMM as rows; with many columns, one product per block."""
+    if X.shape[-1] == 1:
+        rows = X.squeeze(-1)
+        if M.shape[0] == 1:
+            out = (rows.reshape(-1, rows.shape[-1]) @ M[0].transpose(0, 1)).reshape(*rows.shape[:-1], M.shape[1])
+        else:
+            out = torch.bmm(rows, M.transpose(1, 2))
+        return out.unsqueeze(-1)
+    return M.unsqueeze(1) @ X
 
 
 def constant_linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
     """Solve ``h_t = F h_{t-1} + g_t`` for t = 1..N with one ``F`` for every step.
 
-    F (b, n, n), g (Bt, N, n), h0 (Bt, n) -> (Bt, N, n); ``reverse`` as in
+    F (b, n, n), g (c, N, n, k), h0 (c, n, k) -> (c, N, n, k); ``reverse`` as in
     :func:`linear_recurrence`. Exact (no truncation): the steps are cut into blocks of L; inside
     a block ``h_{c,i} = sum_{j<=i} F^{i-j} g_{c,j} + F^{i+1} h_{c-1}``, one product with a
     block-Toeplitz matrix of powers of F, and the block ends follow the same recurrence with
@@ -154,27 +211,28 @@ def constant_linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool =
     """
     if reverse:
         return constant_linear_recurrence(F, g.flip(1), h0, reverse=False).flip(1)
-    Bt, N, n = g.shape
+    c, N, n, k = g.shape
+    loop = F.unsqueeze(1).expand(-1, N, -1, -1)
     if N <= 2:
-        return linear_recurrence(F.unsqueeze(1).expand(-1, N, -1, -1), g, h0)
+        return linear_recurrence(loop, g, h0)
     L = min(_block_length(n), N)
     powers = _powers(F, L)  # (b, L+1, n, n)
     if not bool(torch.isfinite(powers).all()):
-        return linear_recurrence(F.unsqueeze(1).expand(-1, N, -1, -1), g, h0)
+        return linear_recurrence(loop, g, h0)
     blocks = -(-N // L)
     pad = blocks * L - N
     if pad:
-        g = torch.cat([g, g.new_zeros(Bt, pad, n)], dim=1)
+        g = torch.cat([g, g.new_zeros(c, pad, n, k)], dim=1)
     # Toeplitz of powers: block (i, j) = F^{i-j} for i >= j, else 0.
     lag = torch.arange(L, device=g.device)
     lag = lag[:, None] - lag[None, :]
     toeplitz = powers[:, lag.clamp_min(0)] * (lag >= 0).to(g.dtype)[None, :, :, None, None]
     b = toeplitz.shape[0]
     toeplitz = toeplitz.permute(0, 1, 3, 2, 4).reshape(b, L * n, L * n)
-    local = _apply(toeplitz, g.reshape(Bt, blocks, L * n)).reshape(Bt, blocks, L, n)
+    local = _apply(toeplitz, g.reshape(c, blocks, L * n, k)).reshape(c, blocks, L, n, k)
     # State entering each block: h0, then the block ends of the recurrence with F^L.
     ends = constant_linear_recurrence(powers[:, L], local[:, :-1, L - 1], h0) if blocks > 1 else None
     starts = h0.unsqueeze(1) if ends is None else torch.cat([h0.unsqueeze(1), ends], dim=1)
     # h_{c,i} = local_{c,i} + F^{i+1} start_c
-    carry = _apply(powers[:, 1:].reshape(b, L * n, n), starts).reshape(Bt, blocks, L, n)
-    return (local + carry).reshape(Bt, blocks * L, n)[:, :N]
+    carry = _apply(powers[:, 1:].reshape(b, L * n, n), starts).reshape(c, blocks, L, n, k)
+    return (local + carry).reshape(c, blocks * L, n, k)[:, :N]

@@ -18,10 +18,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.filter import STEADY_CHECK_EVERY, FilterResult, check_method, run_filter
-from seqlvm.kalman.linalg import converged, matvec, mvn_logpdf_of_noise, safe_cholesky, sym
+from seqlvm.kalman.filter import FilterResult, MeanPass, check_method, run_filter
+from seqlvm.kalman.linalg import columns, mvn_logpdf_of_noise, safe_cholesky, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence
+from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
 
 
 class SmootherResult(NamedTuple):
@@ -53,8 +53,9 @@ class PosteriorSamples(NamedTuple):
 class BackwardKernel(NamedTuple):
     """The backward conditionals ``N(z_t; g_t + E_t z_{t+1}, L_t)`` for t = 0..T-2.
 
-    E (b, T-1, n, n), g (Bt, T-1, n), L (b, T-1, n, n). ``steady_from``: the step from which
-    E and L no longer change (the filter's steady state), or None.
+    E (b, T-1, n, n), L (b, T-1, n, n), g in the product layout of the filter's mean pass
+    (``MeanPass``). ``steady_from``: the step from which E and L no longer change (the filter's
+    steady state), or None.
     """
 
     E: Tensor
@@ -63,7 +64,7 @@ class BackwardKernel(NamedTuple):
     steady_from: int | None
 
 
-def backward_kernel(prep: Prepared, filt: FilterResult, steady_from: int | None) -> BackwardKernel:
+def backward_kernel(prep: Prepared, filt: FilterResult, mp: MeanPass, steady_from: int | None) -> BackwardKernel:
     """E_t, g_t, L_t of the module docstring, computed for all steps at once.
 
     When the filter was steady from step s, E_t and L_t are the same for all t >= s, so only
@@ -81,7 +82,7 @@ def backward_kernel(prep: Prepared, filt: FilterResult, steady_from: int | None)
         rest = T - 1 - stop
         E = torch.cat([E, E[:, -1:].expand(-1, rest, -1, -1)], dim=1)
         Lc = torch.cat([Lc, Lc[:, -1:].expand(-1, rest, -1, -1)], dim=1)
-    g = filt.means[:, :-1] - matvec(E, filt.pred_means[:, 1:])
+    g = mp.means[:, :-1] - E @ mp.pred_means[:, 1:]
     return BackwardKernel(E, g, Lc, steady_from)
 
 
@@ -106,76 +107,81 @@ def kalman_smoother(
     """
     check_method(method, "kalman_smoother")
     prep = prepare(params, x, mask, u, fn="kalman_smoother")
-    filt, gains = run_filter(prep, method)
-    means, covs, cross = smooth_filtered(prep, filt, gains.steady_from, method)
+    filt, gains, mp = run_filter(prep, method)
+    means, covs, cross = smooth_filtered(prep, filt, mp, gains.steady_from, method)
     Bt, T, n = prep.batch, prep.steps, prep.n
-    return SmootherResult(means, covs.expand(Bt, T, n, n), cross.expand(Bt, T - 1, n, n), filt)
+    return SmootherResult(uncolumns(means), covs.expand(Bt, T, n, n), cross.expand(Bt, T - 1, n, n), filt)
 
 
 def smooth_filtered(
-    prep: Prepared, filt: FilterResult, steady_from: int | None, method: str, means: bool = True
+    prep: Prepared, filt: FilterResult, mp: MeanPass, steady_from: int | None, method: str, means: bool = True
 ) -> tuple[Tensor | None, Tensor, Tensor]:
-    """The RTS pass over a filter's output: smoothed means (Bt, T, n), covariances (b, T, n, n)
-    and cross covariances Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with b = 1 when the batch shares
-    them. ``means=False`` skips the means (None): the covariances never depend on the data."""
-    kernel = backward_kernel(prep, filt, steady_from)
-    m_last, P_last = filt.means[:, -1], _cov_batch(filt.covs)[:, -1]
+    """The RTS pass over a filter's output: smoothed means (in the product layout of ``mp``),
+    covariances (b, T, n, n) and cross covariances Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with
+    b = 1 when the batch shares them. ``means=False`` skips the means (None): the covariances
+    never depend on the data."""
+    kernel = backward_kernel(prep, filt, mp, steady_from)
+    P_last = _cov_batch(filt.covs)[:, -1]
+    m = mp.means if means else None
     if prep.steps == 1:
-        m, covs = filt.means, _cov_batch(filt.covs)
-    elif method == "parallel":
-        if not means:  # the scan carries a mean: give it zeros, one per distinct covariance
-            b = max(kernel.E.shape[0], P_last.shape[0])
-            kernel = kernel._replace(g=kernel.g.new_zeros(b, *kernel.g.shape[1:]))
-            m_last = m_last.new_zeros(b, m_last.shape[-1])
-        m, covs = _smooth_parallel(kernel, m_last, P_last)
+        covs = _cov_batch(filt.covs)
     else:
-        m = None
         if means:
-            m = steady_linear_recurrence(kernel.E, kernel.g, m_last, kernel.steady_from, reverse=True)
+            m_last = mp.means[:, -1]
+            m = steady_linear_recurrence(kernel.E, kernel.g, m_last, kernel.steady_from, method, reverse=True)
             m = torch.cat([m, m_last.unsqueeze(1)], dim=1)
-        covs = _smooth_covariances_sequential(kernel, P_last)
-    return (m if means else None), covs, covs[:, 1:] @ kernel.E.transpose(-1, -2)
+        covs = _smooth_covariances(kernel, P_last, method)
+    return m, covs, covs[:, 1:] @ kernel.E.transpose(-1, -2)
 
 
 def _smoother_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """(E_i, g_i, L_i) applied after (E_j, g_j, L_j): (E_i E_j, E_i g_j + g_i, E_i L_j E_i^T + L_i)."""
-    Ei, gi, Li = earlier
-    Ej, gj, Lj = later
-    return Ei @ Ej, matvec(Ei, gj) + gi, sym(Ei @ Lj @ Ei.transpose(-1, -2) + Li)
+    """(E_i, L_i) applied after (E_j, L_j): (E_i E_j, E_i L_j E_i^T + L_i), the covariance part of
+    composing the backward conditionals."""
+    Ei, Li = earlier
+    Ej, Lj = later
+    return Ei @ Ej, sym(Ei @ Lj @ Ei.transpose(-1, -2) + Li)
 
 
-def _smooth_parallel(kernel: BackwardKernel, m_last: Tensor, P_last: Tensor) -> tuple[Tensor, Tensor]:
-    E, g, Lc = kernel.E, kernel.g, kernel.L
-    b = max(E.shape[0], P_last.shape[0])
-    elems = (
-        torch.cat([E.expand(b, *E.shape[1:]), torch.zeros_like(E[:1, :1]).expand(b, 1, -1, -1)], 1),
-        torch.cat([g, m_last.unsqueeze(1)], 1),
-        torch.cat([Lc.expand(b, *Lc.shape[1:]), P_last.unsqueeze(1).expand(b, 1, -1, -1)], 1),
-    )
-    _, means, covs = associative_scan(_smoother_combine, elems, reverse=True)
-    return means, covs
+def _smooth_covariances(kernel: BackwardKernel, P_last: Tensor, method: str) -> Tensor:
+    """P_{t|T} = E_t P_{t+1|T} E_t^T + L_t backwards from P_{T-1|T} = P_last -> (b, T, n, n).
 
-
-def _smooth_covariances_sequential(kernel: BackwardKernel, P_last: Tensor) -> Tensor:
-    """P_{t|T} = E_t P_{t+1|T} E_t^T + L_t backwards; inside the steady stretch they converge,
-    and from there on stay put."""
-    E, Lc = kernel.E, kernel.L
+    Where the filter was steady (t >= s) E and L are constant, so P_{T-1-j|T} =
+    E^j P_last E^jT + S_j with (E^j, S_j) the j-th power of (E, L) under the composition, by
+    doubling (:func:`steady_powers`) until the covariances are steady; the steps before s go by a
+    loop (``"sequential"``) or a scan (``"parallel"``).
+    """
+    E, Lc, s = kernel.E, kernel.L, kernel.steady_from
     T = E.shape[1] + 1
-    s = kernel.steady_from if kernel.steady_from is not None else T - 1
-    covs = [P_last]
-    P, t = P_last, T - 2
-    while t >= 0:
-        Et = E[:, t]
-        P_new = sym(Et @ P @ Et.transpose(-1, -2) + Lc[:, t])
-        if t >= s and t % STEADY_CHECK_EVERY == 0 and len(covs) > 2:
-            if converged(P_new, P) and converged(P, covs[-2]):
-                covs.extend([P_new] * (t - s + 1))  # steps t..s keep this value
-                P, t = P_new, s - 1
-                continue
-        covs.append(P_new)
-        P, t = P_new, t - 1
-    b = max(c.shape[0] for c in covs)
-    return torch.stack([c.expand(b, -1, -1) for c in reversed(covs)], dim=1)
+    b = max(E.shape[0], P_last.shape[0])
+    tail = P_last.unsqueeze(1).expand(b, 1, -1, -1)  # the covariances from step s (or T-1) on
+    if s is not None and s < T - 1:
+        count = T - 1 - s
+
+        def backwards(powers: tuple[Tensor, ...]) -> Tensor:  # steps T-1, T-2, ..., T-1-N
+            Ej, Sj = powers
+            return torch.cat([tail, sym(Ej @ P_last.unsqueeze(1) @ Ej.transpose(-1, -2) + Sj)], 1)
+
+        covs, steady = steady_powers(_smoother_combine, (E[:, s : s + 1], Lc[:, s : s + 1]), backwards, count)
+        if steady is not None:  # steps T-1-steady .. s all hold the steady value
+            covs = torch.cat([covs[:, : steady + 1], covs[:, steady : steady + 1].expand(-1, count - steady, -1, -1)], 1)
+        tail = covs.flip(1)
+    head = s if s is not None and s < T - 1 else T - 1
+    if head == 0:
+        return tail
+    E, Lc, P = E[:, :head], Lc[:, :head], tail[:, 0]
+    if method == "parallel":
+        elems = (
+            torch.cat([E.expand(b, *E.shape[1:]), torch.zeros_like(E[:1, :1]).expand(b, 1, -1, -1)], 1),
+            torch.cat([Lc.expand(b, *Lc.shape[1:]), P.unsqueeze(1)], 1),
+        )
+        covs = associative_scan(_smoother_combine, elems, reverse=True)[1][:, :-1]
+    else:
+        out = []
+        for t in range(head - 1, -1, -1):
+            P = sym(E[:, t] @ P @ E[:, t].transpose(-1, -2) + Lc[:, t])
+            out.append(P.expand(b, -1, -1))
+        covs = torch.stack(out[::-1], dim=1)
+    return torch.cat([covs, tail], 1)
 
 
 def sample_posterior(
@@ -198,22 +204,28 @@ def sample_posterior(
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample_posterior: num_samples must be an int >= 1; got {num_samples!r}")
     prep = prepare(params, x, mask, u, fn="sample_posterior")
-    filt, gains = run_filter(prep, method)
+    filt, gains, mp = run_filter(prep, method)
     S, Bt, T, n = num_samples, prep.batch, prep.steps, prep.n
     eps = torch.randn(S * Bt, T, n, dtype=x.dtype, device=x.device, generator=generator)
-    P_last = _cov_batch(filt.covs)[:, -1]
-    L_last = safe_cholesky(P_last)
-    z_last = filt.means[:, -1].repeat(S, 1) + matvec(L_last, eps.view(S, Bt, T, n)[:, :, -1]).reshape(S * Bt, n)
-    log_prob = mvn_logpdf_of_noise(eps[:, -1], L_last.repeat(S, 1, 1) if L_last.shape[0] > 1 else L_last)
+    noise = columns(eps, mp.shared)  # draw s of sequence b is column (or row) s * Bt + b
+
+    def per_draw(V: Tensor) -> Tensor:  # the sequences' data, repeated for each draw
+        return V.repeat(*([1] * (V.dim() - 1)), S) if mp.shared else V.repeat(S, *([1] * (V.dim() - 1)))
+
+    def per_draw_matrix(M: Tensor) -> Tensor:  # matrices: repeated only when per sequence
+        return M.repeat(S, *([1] * (M.dim() - 1))) if M.shape[0] > 1 else M
+
+    L_last = per_draw_matrix(safe_cholesky(_cov_batch(filt.covs)[:, -1]))
+    z_last = per_draw(mp.means[:, -1]) + L_last @ noise[:, -1]
+    log_prob = mvn_logpdf_of_noise(eps[:, -1], L_last)
     if T > 1:
-        kernel = backward_kernel(prep, filt, gains.steady_from)
-        chol = safe_cholesky(kernel.L)  # (b, T-1, n, n)
-        E = kernel.E.repeat(S, 1, 1, 1) if kernel.E.shape[0] > 1 else kernel.E
-        chol_r = chol.repeat(S, 1, 1, 1) if chol.shape[0] > 1 else chol
-        drive = kernel.g.repeat(S, 1, 1) + matvec(chol_r, eps[:, :-1])
-        z_prev = steady_linear_recurrence(E, drive, z_last, kernel.steady_from, method, reverse=True)
+        kernel = backward_kernel(prep, filt, mp, gains.steady_from)
+        chol = per_draw_matrix(safe_cholesky(kernel.L))  # (b, T-1, n, n)
+        drive = per_draw(kernel.g) + chol @ noise[:, :-1]
+        z_prev = steady_linear_recurrence(per_draw_matrix(kernel.E), drive, z_last, kernel.steady_from, method, reverse=True)
         z = torch.cat([z_prev, z_last.unsqueeze(1)], dim=1)
-        log_prob = log_prob + mvn_logpdf_of_noise(eps[:, :-1], chol_r).sum(-1)
+        log_prob = log_prob + mvn_logpdf_of_noise(eps[:, :-1], chol).sum(-1)
     else:
         z = z_last.unsqueeze(1)
+    z = uncolumns(z)
     return PosteriorSamples(z.view(S, Bt, T, n), log_prob.view(S, Bt))

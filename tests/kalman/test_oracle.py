@@ -140,6 +140,33 @@ def test_long_sequence_sequential_equals_parallel_and_uses_steady_state() -> Non
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_steady_state_shortcuts_match_the_plain_time_varying_recursion(method: str) -> None:
+    """A time-invariant model takes the steady-state paths (covariances by doubling, means in
+    blocks); the same model spelled out as time-varying takes the plain step-by-step ones."""
+    from seqlvm.kalman import log_likelihood
+    from seqlvm.kalman.filter import run_filter
+    from seqlvm.kalman.params import prepare
+
+    T = 300
+    params = make_params("shared", 3, T, 4, 2, 0, seed=4)
+    params = params._replace(A=params.A / torch.linalg.matrix_norm(params.A, ord=2) * 0.97)
+    _, x = sample_prior(params, T, 3, generator=torch.Generator().manual_seed(1))
+    spelled = params._replace(**{k: getattr(params, k).expand(3, T, -1, -1) for k in ("A", "C", "Q", "R")})
+    fast, plain = kalman_smoother(params, x, method=method), kalman_smoother(spelled, x, method="sequential")
+    for a, b in [(fast.means, plain.means), (fast.covs, plain.covs), (fast.cross_covs, plain.cross_covs),
+                 (fast.filtered.means, plain.filtered.means), (fast.filtered.pred_covs, plain.filtered.pred_covs)]:
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(fast.filtered.log_likelihood, plain.filtered.log_likelihood, atol=1e-9, rtol=1e-12)
+    assert run_filter(prepare(params, x, None, None), method)[1].steady_from is not None
+    leaves = [params.A.clone().requires_grad_(True), params.C.clone().requires_grad_(True)]
+    got = torch.autograd.grad(log_likelihood(params._replace(A=leaves[0], C=leaves[1]), x, method=method).sum(), leaves)
+    A_t, C_t = (v.expand(3, T, -1, -1) for v in leaves)
+    want = torch.autograd.grad(kalman_filter(spelled._replace(A=A_t, C=C_t), x).log_likelihood.sum(), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_float32_stays_finite_and_positive_definite_on_long_sequences(method: str) -> None:
     T, n = 5000, 4
     A = torch.eye(n)

@@ -1,0 +1,121 @@
+"""The recurrence solvers of seqlvm.kalman.scan against the plain recursion, written out here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqlvm.kalman.linalg import columns, uncolumns
+from seqlvm.kalman.scan import (
+    associative_scan,
+    constant_linear_recurrence,
+    linear_recurrence,
+    steady_linear_recurrence,
+    steady_powers,
+)
+
+DT = torch.float64
+
+
+def plain(F: torch.Tensor, g: torch.Tensor, h0: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """h_t = F_t h_{t-1} + g_t (or h_t = F_t h_{t+1} + g_t), one step at a time."""
+    N = g.shape[1]
+    out = [None] * N
+    h = h0
+    for t in (range(N - 1, -1, -1) if reverse else range(N)):
+        h = F[:, t] @ h + g[:, t]
+        out[t] = h
+    return torch.stack(out, dim=1)
+
+
+def stable(b: int, N: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    F = torch.randn(b, N, n, n, dtype=DT, generator=gen)
+    return 0.9 * F / torch.linalg.matrix_norm(F, ord=2)[..., None, None]
+
+
+@pytest.mark.parametrize("layout", ["columns", "rows"])
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_recurrence_matches_the_plain_recursion(layout: str, method: str, reverse: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    Bt, N, n = 5, 37, 3
+    shared = layout == "columns"
+    F = stable(1 if shared else Bt, N, n, gen)
+    g = columns(torch.randn(Bt, N, n, dtype=DT, generator=gen), shared)
+    h0 = columns(torch.randn(Bt, n, dtype=DT, generator=gen), shared)
+    got = linear_recurrence(F, g, h0, method, reverse)
+    assert got.shape == g.shape
+    torch.testing.assert_close(got, plain(F, g, h0, reverse), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 31, 32, 33, 200, 1500])
+@pytest.mark.parametrize("layout", ["columns", "rows", "batched"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_constant_linear_recurrence_is_exact(N: int, layout: str, reverse: bool) -> None:
+    """Block lengths of 8 (n = 4): N spans no block, one, several and nested block levels."""
+    gen = torch.Generator().manual_seed(N)
+    Bt, n = 3, 4
+    F = stable(Bt if layout == "batched" else 1, 1, n, gen)[:, 0]
+    x = torch.randn(Bt, N, n, dtype=DT, generator=gen)
+    g, h0 = columns(x, layout == "columns"), columns(torch.randn(Bt, n, dtype=DT, generator=gen), layout == "columns")
+    got = constant_linear_recurrence(F, g, h0, reverse)
+    want = plain(F.unsqueeze(1).expand(-1, N, -1, -1), g, h0, reverse)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert uncolumns(got).shape == (Bt, N, n)
+
+
+@pytest.mark.parametrize("steady_from", [0, 10, 59, 60, None])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_steady_linear_recurrence_splits_at_the_steady_step(steady_from: int | None, reverse: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    N, n, Bt = 60, 3, 4
+    F = stable(1, N, n, gen)
+    if steady_from is not None and steady_from < N:
+        F = torch.cat([F[:, :steady_from], F[:, steady_from : steady_from + 1].expand(-1, N - steady_from, -1, -1)], 1)
+    g = columns(torch.randn(Bt, N, n, dtype=DT, generator=gen), True)
+    h0 = columns(torch.randn(Bt, n, dtype=DT, generator=gen), True)
+    for method in ("sequential", "parallel"):
+        got = steady_linear_recurrence(F, g, h0, steady_from, method, reverse)
+        torch.testing.assert_close(got, plain(F, g, h0, reverse), rtol=1e-10, atol=1e-12)
+
+
+def _affine(earlier: tuple[torch.Tensor, ...], later: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    (F1, g1), (F2, g2) = earlier, later
+    return F2 @ F1, F2 @ g1 + g2
+
+
+def test_associative_scan_gives_every_prefix() -> None:
+    gen = torch.Generator().manual_seed(2)
+    for N in (1, 2, 7, 64, 100):
+        F = stable(2, N, 3, gen)
+        g = torch.randn(2, N, 3, 1, dtype=DT, generator=gen)
+        _, h = associative_scan(_affine, (F, g))
+        torch.testing.assert_close(h, plain(F, g, torch.zeros(2, 3, 1, dtype=DT)), rtol=1e-12, atol=1e-12)
+        # Reversed: e_t * ... * e_{T-1}, i.e. e_t applied first, then e_{t+1}, ... (to 0).
+        _, h = associative_scan(_affine, (F, g), reverse=True)
+        for t in range(N):
+            want = plain(F[:, t:], g[:, t:], torch.zeros(2, 3, 1, dtype=DT))[:, -1]
+            torch.testing.assert_close(h[:, t], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("count", [5, 40, 1000])
+def test_steady_powers_follow_the_recursion_until_steady(count: int) -> None:
+    """h_j = F h_{j-1} + g from h_0 = 0 is the g-part of the j-th power of (F, g); with a
+    contraction it settles at (I - F)^-1 g, which steady_powers must notice."""
+    gen = torch.Generator().manual_seed(3)
+    n = 3
+    F = stable(1, 1, n, gen) * 0.5
+    g = torch.randn(1, 1, n, n, dtype=DT, generator=gen)
+    values, steady = steady_powers(_affine, (F, g), lambda p: p[1], count)
+    N = values.shape[1]
+    want = plain(F.expand(-1, N, -1, -1), g.expand(-1, N, -1, -1), torch.zeros(1, n, n, dtype=DT))
+    torch.testing.assert_close(values, want, rtol=1e-12, atol=1e-14)
+    if count == 5:  # too short to see a steady state: all powers, none steady
+        assert steady is None and N == count
+    else:
+        assert steady is not None and N <= count
+        fixed = torch.linalg.solve(torch.eye(n, dtype=DT) - F[0, 0], g[0, 0])
+        torch.testing.assert_close(values[0, -1], fixed, rtol=1e-13, atol=1e-14)
+        tol = 8 * torch.finfo(DT).eps * values.abs().max()
+        assert (values[:, steady + 1 :] - values[:, steady:-1]).abs().max() <= tol  # steady from there on
+        assert (values[:, steady] - values[:, steady - 1]).abs().max() > tol  # and not before
