@@ -280,13 +280,9 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
     if controls is not None:  # u_0 drives nothing: z_0 is the prior
         controls = columns(controls, shared)
         g = g + torch.cat([torch.zeros_like(controls[:, :1]), IKC[:, 1:] @ controls[:, 1:]], dim=1)
-    m_first = IKC[:, 0] @ m0 + g[:, 0]
-    if T == 1:
-        means = m_first.unsqueeze(1)
-    else:
-        F = IKC[:, 1:] @ A[:, 1:]  # F[:, t - 1] leads into step t
-        rest = steady_linear_recurrence(F, g[:, 1:], m_first, None if s is None else s - 1, method)
-        means = torch.cat([m_first.unsqueeze(1), rest], dim=1)
+    # F_0 = I - K_0 C_0 takes the prior mean m0 to m_0, so the recursion starts from m0.
+    F = torch.cat([IKC[:, :1], IKC[:, 1:] @ A[:, 1:]], dim=1)
+    means = steady_linear_recurrence(F, g, m0, s, method)
     # One-step predictions and innovations, all steps at once.
     pred = A[:, 1:] @ means[:, :-1]
     if controls is not None:

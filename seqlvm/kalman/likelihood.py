@@ -87,10 +87,13 @@ class _LogLikelihood(torch.autograd.Function):
 
 
 class _Weights(NamedTuple):
-    """The sequences' weights (Bt,) and the same in the mean pass's product layout (c, 1, 1, k)."""
+    """The sequences' weights (Bt,), the same in the mean pass's product layout (c, 1, 1, k), and
+    their one value when they are a broadcast scalar (what ``.sum()`` passes back), else None:
+    then sums over the sequences are scaled once instead of weighting every term."""
 
     vec: Tensor
     cols: Tensor
+    common: Tensor | None
 
 
 def fisher_gradients(
@@ -106,7 +109,8 @@ def fisher_gradients(
     LP = torch.linalg.cholesky(P)
     N = sym(torch.cholesky_solve(torch.cholesky_solve(P - V, LP).transpose(-1, -2), LP))
     w_vec = weights.to(s.dtype)
-    w = _Weights(w_vec, columns(w_vec[:, None], mp.shared).unsqueeze(1))
+    common = w_vec[0] if w_vec.numel() == 1 or w_vec.stride(0) == 0 else None
+    w = _Weights(w_vec, columns(w_vec[:, None], mp.shared).unsqueeze(1), common)
     grads: dict[str, Tensor] = {}
     if need & {"C", "R", "x"}:
         grads.update(_emission_gradients(prep, gains, s, V, N, u, w, need))
@@ -119,7 +123,7 @@ def fisher_gradients(
         grads["m0"] = _sum_batch(uncolumns(w.cols * rho[:, :1])[:, 0], prep.m0.shape[0])
     if "P0" in need:
         target = (prep.P0.shape[0], 1)
-        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w.cols, target) - _reduce(N[:, :1], w.vec, target))
+        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w, target) - _reduce(N[:, :1], w.vec, target))
         grads["P0"] = gP0[:, 0]
     return grads
 
@@ -146,9 +150,9 @@ def adjoints(prep: Prepared, gains: Gains, mp: MeanPass, method: str) -> tuple[T
     LT = _error_transitions(prep, gains).transpose(-1, -2)
     head = steady_linear_recurrence(LT, c[:, :-1], c[:, -1], gains.steady_from, method, reverse=True)
     rho = torch.cat([head, c[:, -1:]], dim=1)
-    A_next = full_time(prep.A, T)[:, 1:]
-    back = gains.K[:, :-1].transpose(-1, -2) @ (A_next.transpose(-1, -2) @ rho[:, 1:])
-    return rho, Sv - torch.cat([back, torch.zeros_like(Sv[:, :1])], dim=1)
+    AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]  # (b, T-1, n, m): small, unlike rho
+    back = AK.transpose(-1, -2) @ rho[:, 1:]
+    return rho, torch.cat([Sv[:, :-1] - back, Sv[:, -1:]], dim=1)
 
 
 def _error_transitions(prep: Prepared, gains: Gains) -> Tensor:
@@ -170,7 +174,7 @@ def _emission_gradients(
         grads["x"] = gx if prep.observed is None else gx * prep.observed
     if "C" in need:
         joint = (max(C.shape[0], R.shape[0]), max(C.shape[1], R.shape[1]))
-        gC = _outer(u, s, w.cols, joint) - torch.cholesky_solve(_reduce(C @ V, w.vec, joint), torch.linalg.cholesky(R))
+        gC = _outer(u, s, w, joint) - torch.cholesky_solve(_reduce(C @ V, w.vec, joint), torch.linalg.cholesky(R))
         if prep.observed is not None:
             gC = gC * prep.observed[..., None]
         grads["C"] = _sum_to(gC, prep.C.shape)
@@ -182,7 +186,7 @@ def _emission_gradients(
         AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]
         D = S_inv + torch.cat([AK.transpose(-1, -2) @ N[:, 1:] @ AK, torch.zeros_like(S_inv[:, :1])], dim=1)
         target = R.shape[:2]
-        gR = 0.5 * (_outer(u, u, w.cols, target) - _reduce(sym(D), w.vec, target))
+        gR = 0.5 * (_outer(u, u, w, target) - _reduce(sym(D), w.vec, target))
         if prep.observed is not None:
             o = prep.observed.to(gR.dtype)
             gR = gR * (o[..., :, None] * o[..., None, :])
@@ -204,11 +208,11 @@ def _transition_gradients(
         # Q_t^-1 Cov(f_t, z_{t-1} | x) = -N_t L_{t-1} P_{t-1}
         LP = _error_transitions(prep, gains) @ gains.pred_covs[:, :-1]
         target = into(prep.A).shape[:2]
-        gA = _outer(r, s[:, :-1], w.cols, target) - _reduce(N[:, 1:] @ LP, w.vec, target)
+        gA = _outer(r, s[:, :-1], w, target) - _reduce(N[:, 1:] @ LP, w.vec, target)
         grads["A"] = _pad_time(gA, prep.A.shape[1])
     if "Q" in need:
         target = into(prep.Q).shape[:2]
-        gQ = 0.5 * (_outer(r, r, w.cols, target) - _reduce(N[:, 1:], w.vec, target))
+        gQ = 0.5 * (_outer(r, r, w, target) - _reduce(N[:, 1:], w.vec, target))
         grads["Q"] = _pad_time(gQ, prep.Q.shape[1])
     if need & {"B", "u"}:
         gb = w.cols * r  # d/d(B_t u_t)
@@ -221,12 +225,16 @@ def _transition_gradients(
     return grads
 
 
-def _outer(a: Tensor, b: Tensor, w: Tensor | None, target: tuple[int, int]) -> Tensor:
+def _outer(a: Tensor, b: Tensor, w: _Weights | None, target: tuple[int, int]) -> Tensor:
     """sum of w_i a_it b_it^T over the sequences i and time t, kept along the dims where
-    ``target`` (batch, time) is not 1. a (c, T, r, k), b (c, T, q, k) and w (c, 1, 1, k) (None:
-    all 1) in the product layout, where the sum over the columns is a matrix product
+    ``target`` (batch, time) is not 1. a (c, T, r, k), b (c, T, q, k) in the product layout,
+    where the sum over the columns is a matrix product; w None: all 1
     -> (target[0], target[1], r, q)."""
-    out = (a if w is None else a * w) @ b.transpose(-1, -2)  # (c, T, r, q)
+    if w is None or w.common is not None:
+        out = a @ b.transpose(-1, -2)  # (c, T, r, q)
+        out = out if w is None else out * w.common
+    else:
+        out = (a * w.cols) @ b.transpose(-1, -2)
     if target[0] == 1 and out.shape[0] > 1:
         out = out.sum(0, keepdim=True)
     return out.sum(1, keepdim=True) if target[1] == 1 else out

@@ -125,7 +125,7 @@ def linear_recurrence(
     """
     if g.shape[1] == 0:
         return g
-    if reverse:
+    if reverse and method == "parallel":
         return linear_recurrence(F.flip(1), g.flip(1), h0, method).flip(1)
     if method == "parallel":
         # Fold h0 into the first offset, then the g-part of every prefix is h_t.
@@ -133,11 +133,12 @@ def linear_recurrence(
         g = torch.cat([first.unsqueeze(1), g[:, 1:]], dim=1)
         _, h = associative_scan(_affine_combine, (F, g))
         return h
-    out = []
+    N = g.shape[1]
+    out = [g] * N
     h = h0
-    for t in range(g.shape[1]):
+    for t in range(N - 1, -1, -1) if reverse else range(N):
         h = F[:, t] @ h + g[:, t]
-        out.append(h)
+        out[t] = h
     return torch.stack(out, dim=1)
 
 
@@ -204,35 +205,42 @@ def constant_linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool =
 
     F (b, n, n), g (c, N, n, k), h0 (c, n, k) -> (c, N, n, k); ``reverse`` as in
     :func:`linear_recurrence`. Exact (no truncation): the steps are cut into blocks of L; inside
-    a block ``h_{c,i} = sum_{j<=i} F^{i-j} g_{c,j} + F^{i+1} h_{c-1}``, one product with a
-    block-Toeplitz matrix of powers of F, and the block ends follow the same recurrence with
-    F^L, solved recursively. When F is so unstable that its powers overflow, it falls back to
-    the loop, which then gives what the plain recursion gives.
+    a block ``h_{c,i} = sum_{j<=i} F^{i-j} g_{c,j} + F^{i+1} h_{c-1}`` (reversed:
+    ``sum_{j>=i} F^{j-i} g_{c,j} + F^{L-i} h_{c+1}``), one product with a block-Toeplitz matrix
+    of powers of F, and the states between blocks follow the same recurrence with F^L, solved
+    recursively. When F is so unstable that its powers overflow, it falls back to the loop,
+    which then gives what the plain recursion gives.
     """
-    if reverse:
-        return constant_linear_recurrence(F, g.flip(1), h0, reverse=False).flip(1)
     c, N, n, k = g.shape
     loop = F.unsqueeze(1).expand(-1, N, -1, -1)
     if N <= 2:
-        return linear_recurrence(loop, g, h0)
+        return linear_recurrence(loop, g, h0, reverse=reverse)
     L = min(_block_length(n), N)
     powers = _powers(F, L)  # (b, L+1, n, n)
     if not bool(torch.isfinite(powers).all()):
-        return linear_recurrence(loop, g, h0)
+        return linear_recurrence(loop, g, h0, reverse=reverse)
     blocks = -(-N // L)
-    pad = blocks * L - N
+    pad = blocks * L - N  # zero steps on the side the recursion ends at, dropped afterwards
     if pad:
-        g = torch.cat([g, g.new_zeros(c, pad, n, k)], dim=1)
-    # Toeplitz of powers: block (i, j) = F^{i-j} for i >= j, else 0.
+        zeros = g.new_zeros(c, pad, n, k)
+        g = torch.cat([zeros, g] if reverse else [g, zeros], dim=1)
+    # Toeplitz of powers: block (i, j) = F^{i-j} for i >= j (F^{j-i} for j >= i reversed), else 0.
     lag = torch.arange(L, device=g.device)
-    lag = lag[:, None] - lag[None, :]
+    lag = lag[None, :] - lag[:, None] if reverse else lag[:, None] - lag[None, :]
     toeplitz = powers[:, lag.clamp_min(0)] * (lag >= 0).to(g.dtype)[None, :, :, None, None]
     b = toeplitz.shape[0]
     toeplitz = toeplitz.permute(0, 1, 3, 2, 4).reshape(b, L * n, L * n)
     local = _apply(toeplitz, g.reshape(c, blocks, L * n, k)).reshape(c, blocks, L, n, k)
-    # State entering each block: h0, then the block ends of the recurrence with F^L.
-    ends = constant_linear_recurrence(powers[:, L], local[:, :-1, L - 1], h0) if blocks > 1 else None
-    starts = h0.unsqueeze(1) if ends is None else torch.cat([h0.unsqueeze(1), ends], dim=1)
-    # h_{c,i} = local_{c,i} + F^{i+1} start_c
-    carry = _apply(powers[:, 1:].reshape(b, L * n, n), starts).reshape(c, blocks, L, n, k)
-    return (local + carry).reshape(c, blocks * L, n, k)[:, :N]
+    # The state each block starts from: h0, then the states between blocks, by the same
+    # recurrence with F^L over the blocks' own last (first, reversed) steps.
+    if blocks > 1:
+        edge = local[:, 1:, 0] if reverse else local[:, :-1, L - 1]
+        between = constant_linear_recurrence(powers[:, L], edge, h0, reverse)
+        starts = torch.cat([between, h0.unsqueeze(1)] if reverse else [h0.unsqueeze(1), between], dim=1)
+    else:
+        starts = h0.unsqueeze(1)
+    # h_{c,i} = local_{c,i} + F^{i+1} start_c  (reversed: F^{L-i})
+    carry_powers = powers[:, 1:].flip(1) if reverse else powers[:, 1:]
+    carry = _apply(carry_powers.reshape(b, L * n, n), starts).reshape(c, blocks, L, n, k)
+    out = (local + carry).reshape(c, blocks * L, n, k)
+    return out[:, pad:] if reverse else out[:, :N]

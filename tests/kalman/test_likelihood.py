@@ -28,28 +28,36 @@ def _split(leaves: dict[str, torch.Tensor]) -> tuple[LGSSMParams, torch.Tensor, 
     return params, leaves["x"], leaves.get("u")
 
 
+@pytest.mark.parametrize("reduce", ["weighted", "sum"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("layout,mask_kind,k", CASES)
-def test_value_and_gradient_match_dense_gaussian(layout: str, mask_kind: str, k: int, steps: int, method: str) -> None:
+def test_value_and_gradient_match_dense_gaussian(
+    layout: str, mask_kind: str, k: int, steps: int, method: str, reduce: str
+) -> None:
+    """``weighted``: a random weight per sequence checks every sequence's share; ``sum`` passes
+    back one broadcast value, which the gradient takes a shortcut for."""
     Bt, n, m = 3, 3, 2
     params = make_params(layout, Bt, steps, n, m, k)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(Bt, steps, m, dtype=DT, generator=g)
     u = torch.randn(Bt, steps, k, dtype=DT, generator=g) if k else None
     observed = make_mask(mask_kind, Bt, 5, m)[:, :steps]
-    weights = torch.randn(Bt, dtype=DT, generator=g)  # a weighted sum checks every sequence's share
+    weights = torch.randn(Bt, dtype=DT, generator=g)
+
+    def total(ll: torch.Tensor) -> torch.Tensor:
+        return (weights * ll).sum() if reduce == "weighted" else ll.sum()
 
     dense_leaves = _leaves(params, x, u)
     dense_ll = dense_moments(*_split(dense_leaves)[:2], observed, dense_leaves.get("u")).log_likelihood
-    expected = torch.autograd.grad((weights * dense_ll).sum(), list(dense_leaves.values()), allow_unused=True)
+    expected = torch.autograd.grad(total(dense_ll), list(dense_leaves.values()), allow_unused=True)
 
     leaves = _leaves(params, x, u)
     p, x_in, u_in = _split(leaves)
     # Missing entries as NaN: neither value nor gradient may see them.
     ll = log_likelihood(p, torch.where(observed, x_in, torch.full_like(x_in, float("nan"))), u=u_in, method=method)
     torch.testing.assert_close(ll, dense_ll.detach(), atol=1e-10, rtol=1e-10)
-    got = torch.autograd.grad((weights * ll).sum(), list(leaves.values()))
+    got = torch.autograd.grad(total(ll), list(leaves.values()))
     for name, want, have in zip(leaves, expected, got):
         want = torch.zeros_like(have) if want is None else want
         if name in COVARIANCES:  # the derivative along symmetric perturbations
