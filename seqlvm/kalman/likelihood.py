@@ -101,7 +101,7 @@ def fisher_gradients(
 ) -> dict[str, Tensor]:
     """Gradients of sum_b weights_b log p(x_b) w.r.t. the names in ``need``, in the internal
     layout of ``prep`` (module docstring for the formulas)."""
-    _, V, _ = smooth_filtered(prep, filt, mp, gains.steady_from, method, means=False)
+    _, V, _ = smooth_filtered(prep, filt, None, gains.steady_from, method)
     rho, u = adjoints(prep, gains, mp, method)
     P = gains.pred_covs
     s = mp.pred_means + P @ rho  # E[z_t | x]

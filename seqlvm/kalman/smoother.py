@@ -59,13 +59,16 @@ class BackwardKernel(NamedTuple):
     """
 
     E: Tensor
-    g: Tensor
+    g: Tensor | None
     L: Tensor
     steady_from: int | None
 
 
-def backward_kernel(prep: Prepared, filt: FilterResult, mp: MeanPass, steady_from: int | None) -> BackwardKernel:
-    """E_t, g_t, L_t of the module docstring, computed for all steps at once.
+def backward_kernel(
+    prep: Prepared, filt: FilterResult, mp: MeanPass | None, steady_from: int | None
+) -> BackwardKernel:
+    """E_t, g_t, L_t of the module docstring, computed for all steps at once (g None without
+    the filter's mean pass ``mp``: the covariances alone do not need it).
 
     When the filter was steady from step s, E_t and L_t are the same for all t >= s, so only
     steps 0..s are solved and the last one is broadcast over the rest.
@@ -82,7 +85,7 @@ def backward_kernel(prep: Prepared, filt: FilterResult, mp: MeanPass, steady_fro
         rest = T - 1 - stop
         E = torch.cat([E, E[:, -1:].expand(-1, rest, -1, -1)], dim=1)
         Lc = torch.cat([Lc, Lc[:, -1:].expand(-1, rest, -1, -1)], dim=1)
-    g = mp.means[:, :-1] - E @ mp.pred_means[:, 1:]
+    g = None if mp is None else mp.means[:, :-1] - E @ mp.pred_means[:, 1:]
     return BackwardKernel(E, g, Lc, steady_from)
 
 
@@ -114,19 +117,19 @@ def kalman_smoother(
 
 
 def smooth_filtered(
-    prep: Prepared, filt: FilterResult, mp: MeanPass, steady_from: int | None, method: str, means: bool = True
+    prep: Prepared, filt: FilterResult, mp: MeanPass | None, steady_from: int | None, method: str
 ) -> tuple[Tensor | None, Tensor, Tensor]:
-    """The RTS pass over a filter's output: smoothed means (in the product layout of ``mp``),
-    covariances (b, T, n, n) and cross covariances Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with
-    b = 1 when the batch shares them. ``means=False`` skips the means (None): the covariances
+    """The RTS pass over a filter's output: smoothed means (in the product layout of the mean
+    pass ``mp``; None without it), covariances (b, T, n, n) and cross covariances
+    Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with b = 1 when the batch shares them. The covariances
     never depend on the data."""
     kernel = backward_kernel(prep, filt, mp, steady_from)
     P_last = _cov_batch(filt.covs)[:, -1]
-    m = mp.means if means else None
+    m = None if mp is None else mp.means
     if prep.steps == 1:
         covs = _cov_batch(filt.covs)
     else:
-        if means:
+        if mp is not None:
             m_last = mp.means[:, -1]
             m = steady_linear_recurrence(kernel.E, kernel.g, m_last, kernel.steady_from, method, reverse=True)
             m = torch.cat([m, m_last.unsqueeze(1)], dim=1)
