@@ -157,8 +157,12 @@ def steady_linear_recurrence(
     with ``reverse=True`` the recursion starts in the steady stretch at the end. ``steady_from``
     None (or past the end) means nothing is steady. Shapes as for :func:`linear_recurrence`.
     """
-    k = steady_from
-    if k is None or k >= g.shape[1]:
+    k, N = steady_from, g.shape[1]
+    if k is not None:
+        # A steady stretch of whole blocks needs no padding (a copy of all its data); the few
+        # steps cut off join the varying ones, which take any F.
+        k += (N - k) % _block_length(F.shape[-1])
+    if k is None or k >= N:
         return linear_recurrence(F, g, h0, method, reverse)
     if reverse:
         tail = constant_linear_recurrence(F[:, k], g[:, k:], h0, reverse=True)
