@@ -275,14 +275,17 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
     X = columns(prep.x, shared)
     m0 = columns(prep.m0.expand(Bt, n), shared)
     # Mean pass: m_t = F_t m_{t-1} + g_t with F_t = (I - K_t C_t) A_t, g_t = (I - K_t C_t) B_t u_t + K_t x_t.
-    g = K @ X
+    # Without controls g_t = K_t x_t is left to the solver (G = K), which forms it only where
+    # the gain varies.
+    g, G = X, K
     controls = prep.controls()
     if controls is not None:  # u_0 drives nothing: z_0 is the prior
         controls = columns(controls, shared)
-        g = g + torch.cat([torch.zeros_like(controls[:, :1]), IKC[:, 1:] @ controls[:, 1:]], dim=1)
+        g = K @ X + torch.cat([torch.zeros_like(controls[:, :1]), IKC[:, 1:] @ controls[:, 1:]], dim=1)
+        G = None
     # F_0 = I - K_0 C_0 takes the prior mean m0 to m_0, so the recursion starts from m0.
     F = torch.cat([IKC[:, :1], IKC[:, 1:] @ A[:, 1:]], dim=1)
-    means = steady_linear_recurrence(F, g, m0, s, method)
+    means = steady_linear_recurrence(F, g, m0, s, method, G=G)
     # One-step predictions and innovations, all steps at once.
     pred = A[:, 1:] @ means[:, :-1]
     if controls is not None:

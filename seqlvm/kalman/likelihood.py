@@ -144,12 +144,13 @@ def adjoints(prep: Prepared, gains: Gains, mp: MeanPass, method: str) -> tuple[T
     T = prep.steps
     C, _ = prep.emission()
     Sv = torch.cholesky_solve(mp.innovations, gains.chols)
-    c = C.transpose(-1, -2) @ Sv
+    Ct = full_time(C, T).transpose(-1, -2)  # rho's offsets are C~_t^T S_t^-1 v_t
+    last = Ct[:, -1] @ Sv[:, -1]
     if T == 1:
-        return c, Sv
+        return last.unsqueeze(1), Sv
     LT = _error_transitions(prep, gains).transpose(-1, -2)
-    head = steady_linear_recurrence(LT, c[:, :-1], c[:, -1], gains.steady_from, method, reverse=True)
-    rho = torch.cat([head, c[:, -1:]], dim=1)
+    head = steady_linear_recurrence(LT, Sv[:, :-1], last, gains.steady_from, method, reverse=True, G=Ct[:, :-1])
+    rho = torch.cat([head, last.unsqueeze(1)], dim=1)
     AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]  # (b, T-1, n, m): small, unlike rho
     back = AK.transpose(-1, -2) @ rho[:, 1:]
     return rho, torch.cat([Sv[:, :-1] - back, Sv[:, -1:]], dim=1)

@@ -149,13 +149,16 @@ def steady_linear_recurrence(
     steady_from: int | None,
     method: str = "sequential",
     reverse: bool = False,
+    G: Tensor | None = None,
 ) -> Tensor:
-    """:func:`linear_recurrence` where ``F[:, t]`` is one matrix for every ``t >= steady_from``.
+    """:func:`linear_recurrence` where ``F[:, t]`` (and ``G[:, t]``) is one matrix for every
+    ``t >= steady_from``.
 
     The varying steps go to :func:`linear_recurrence`, the steady stretch to
     :func:`constant_linear_recurrence` (exact, in blocks). Forwards the varying steps come first;
     with ``reverse=True`` the recursion starts in the steady stretch at the end. ``steady_from``
-    None (or past the end) means nothing is steady. Shapes as for :func:`linear_recurrence`.
+    None (or past the end) means nothing is steady. Shapes as for :func:`linear_recurrence`;
+    with ``G`` (b, N, n, q) the offsets are ``G_t g_t`` for inputs g (c, N, q, k).
     """
     k, N = steady_from, g.shape[1]
     if k is not None:
@@ -163,13 +166,15 @@ def steady_linear_recurrence(
         # steps cut off join the varying ones, which take any F.
         k += (N - k) % _block_length(F.shape[-1])
     if k is None or k >= N:
-        return linear_recurrence(F, g, h0, method, reverse)
+        return linear_recurrence(F, g if G is None else G @ g, h0, method, reverse)
+    head_g = g[:, :k] if G is None else G[:, :k] @ g[:, :k]
+    tail_G = None if G is None else G[:, k]
     if reverse:
-        tail = constant_linear_recurrence(F[:, k], g[:, k:], h0, reverse=True)
-        head = linear_recurrence(F[:, :k], g[:, :k], tail[:, 0], method, reverse=True)
+        tail = constant_linear_recurrence(F[:, k], g[:, k:], h0, reverse=True, G=tail_G)
+        head = linear_recurrence(F[:, :k], head_g, tail[:, 0], method, reverse=True)
     else:
-        head = linear_recurrence(F[:, :k], g[:, :k], h0, method)
-        tail = constant_linear_recurrence(F[:, k], g[:, k:], head[:, -1] if k > 0 else h0)
+        head = linear_recurrence(F[:, :k], head_g, h0, method)
+        tail = constant_linear_recurrence(F[:, k], g[:, k:], head[:, -1] if k > 0 else h0, G=tail_G)
     return torch.cat([head, tail], dim=1)
 
 
@@ -204,37 +209,42 @@ def _apply(M: Tensor, X: Tensor) -> Tensor:
     return M.unsqueeze(1) @ X
 
 
-def constant_linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
+def constant_linear_recurrence(
+    F: Tensor, g: Tensor, h0: Tensor, reverse: bool = False, G: Tensor | None = None
+) -> Tensor:
     """Solve ``h_t = F h_{t-1} + g_t`` for t = 1..N with one ``F`` for every step.
 
     F (b, n, n), g (c, N, n, k), h0 (c, n, k) -> (c, N, n, k); ``reverse`` as in
-    :func:`linear_recurrence`. Exact (no truncation): the steps are cut into blocks of L; inside
+    :func:`linear_recurrence`. With an input matrix G (b, n, q) the offsets are ``G g_t`` for
+    inputs g (c, N, q, k): G goes into the block matrix, so the n-row offsets are never formed. Exact (no truncation): the steps are cut into blocks of L; inside
     a block ``h_{c,i} = sum_{j<=i} F^{i-j} g_{c,j} + F^{i+1} h_{c-1}`` (reversed:
     ``sum_{j>=i} F^{j-i} g_{c,j} + F^{L-i} h_{c+1}``), one product with a block-Toeplitz matrix
     of powers of F, and the states between blocks follow the same recurrence with F^L, solved
     recursively. When F is so unstable that its powers overflow, it falls back to the loop,
     which then gives what the plain recursion gives.
     """
-    c, N, n, k = g.shape
+    c, N, q, k = g.shape
+    n = F.shape[-1]
     loop = F.unsqueeze(1).expand(-1, N, -1, -1)
     if N <= 2:
-        return linear_recurrence(loop, g, h0, reverse=reverse)
+        return linear_recurrence(loop, g if G is None else G.unsqueeze(1) @ g, h0, reverse=reverse)
     L = min(_block_length(n), N)
     powers = _powers(F, L)  # (b, L+1, n, n)
     if not bool(torch.isfinite(powers).all()):
-        return linear_recurrence(loop, g, h0, reverse=reverse)
+        return linear_recurrence(loop, g if G is None else G.unsqueeze(1) @ g, h0, reverse=reverse)
     blocks = -(-N // L)
     pad = blocks * L - N  # zero steps on the side the recursion ends at, dropped afterwards
     if pad:
-        zeros = g.new_zeros(c, pad, n, k)
+        zeros = g.new_zeros(c, pad, q, k)
         g = torch.cat([zeros, g] if reverse else [g, zeros], dim=1)
-    # Toeplitz of powers: block (i, j) = F^{i-j} for i >= j (F^{j-i} for j >= i reversed), else 0.
+    # Toeplitz of powers: block (i, j) = F^{i-j} G for i >= j (F^{j-i} G for j >= i reversed), else 0.
     lag = torch.arange(L, device=g.device)
     lag = lag[None, :] - lag[:, None] if reverse else lag[:, None] - lag[None, :]
-    toeplitz = powers[:, lag.clamp_min(0)] * (lag >= 0).to(g.dtype)[None, :, :, None, None]
+    weights = powers if G is None else powers @ G.unsqueeze(1)  # (b, L+1, n, q)
+    toeplitz = weights[:, lag.clamp_min(0)] * (lag >= 0).to(g.dtype)[None, :, :, None, None]
     b = toeplitz.shape[0]
-    toeplitz = toeplitz.permute(0, 1, 3, 2, 4).reshape(b, L * n, L * n)
-    local = _apply(toeplitz, g.reshape(c, blocks, L * n, k)).reshape(c, blocks, L, n, k)
+    toeplitz = toeplitz.permute(0, 1, 3, 2, 4).reshape(b, L * n, L * q)
+    local = _apply(toeplitz, g.reshape(c, blocks, L * q, k)).reshape(c, blocks, L, n, k)
     # The state each block starts from: h0, then the states between blocks, by the same
     # recurrence with F^L over the blocks' own last (first, reversed) steps.
     if blocks > 1:

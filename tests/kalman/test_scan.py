@@ -119,3 +119,21 @@ def test_steady_powers_follow_the_recursion_until_steady(count: int) -> None:
         tol = 8 * torch.finfo(DT).eps * values.abs().max()
         assert (values[:, steady + 1 :] - values[:, steady:-1]).abs().max() <= tol  # steady from there on
         assert (values[:, steady] - values[:, steady - 1]).abs().max() > tol  # and not before
+
+
+@pytest.mark.parametrize("N", [2, 33, 200])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_input_matrix_gives_the_same_as_its_products(N: int, reverse: bool) -> None:
+    """Offsets G u_t handed over as (G, u): the block solver folds G into its block matrix."""
+    gen = torch.Generator().manual_seed(N)
+    Bt, n, q = 5, 4, 2
+    F = stable(1, 1, n, gen)[:, 0]
+    G = torch.randn(1, n, q, dtype=DT, generator=gen)
+    u = columns(torch.randn(Bt, N, q, dtype=DT, generator=gen), True)
+    h0 = columns(torch.randn(Bt, n, dtype=DT, generator=gen), True)
+    want = plain(F.unsqueeze(1).expand(-1, N, -1, -1), G.unsqueeze(1) @ u, h0, reverse)
+    torch.testing.assert_close(constant_linear_recurrence(F, u, h0, reverse, G=G), want, rtol=1e-10, atol=1e-12)
+    varying = torch.cat([stable(1, N // 2, n, gen), F.unsqueeze(1).expand(-1, N - N // 2, -1, -1)], 1)
+    G_t = torch.cat([torch.randn(1, N // 2, n, q, dtype=DT, generator=gen), G.unsqueeze(1).expand(-1, N - N // 2, -1, -1)], 1)
+    got = steady_linear_recurrence(varying, u, h0, N // 2, "sequential", reverse, G=G_t)
+    torch.testing.assert_close(got, plain(varying, G_t @ u, h0, reverse), rtol=1e-10, atol=1e-12)
