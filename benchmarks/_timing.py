@@ -38,8 +38,11 @@ def median_ms(fns: Mapping[str, Callable[[], object]], budget: Budget) -> dict[s
 
     The functions are timed in interleaved rounds (every function once per round) rather than
     one after the other, so that a burst of load from elsewhere on the machine slows all of
-    them alike and the ratios between them stay meaningful. Each function must block until its
-    result is ready (``jax.block_until_ready`` for JAX); warm-up calls (compilation) are untimed.
+    them alike and the ratios between them stay meaningful. The order rotates by one from round
+    to round, so no function always runs right after the same one: a call that leaves the heap
+    or the caches in a poor state (freeing a 5000-step autograd graph does) would otherwise slow
+    the same neighbour in every round. Each function must block until its result is ready
+    (``jax.block_until_ready`` for JAX); warm-up calls (compilation) are untimed.
     """
     for fn in fns.values():
         for _ in range(budget.warmup):
@@ -47,8 +50,11 @@ def median_ms(fns: Mapping[str, Callable[[], object]], budget: Budget) -> dict[s
     times: dict[str, list[float]] = {name: [] for name in fns}
     spent = 0.0
     rounds = 0
+    names = list(fns)
     while rounds < budget.repeats and (rounds < budget.min_repeats or spent < budget.seconds * len(fns)):
-        for name, fn in fns.items():
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - start
