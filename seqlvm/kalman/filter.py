@@ -46,7 +46,8 @@ class FilterResult(NamedTuple):
     step_log_likelihood: (Bt, T)  log p(x_t,obs | x_{0:t-1},obs); 0 where nothing is observed
 
     Covariances do not depend on the data; where they are shared by the batch they are
-    broadcast views (``expand``), not copies.
+    broadcast views (``expand``), not copies. Where the parameters are shared, the means are
+    views of a (T, n, Bt) layout (see ``linalg.columns``): use ``reshape``, not ``view``.
     """
 
     means: Tensor

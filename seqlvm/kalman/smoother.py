@@ -31,6 +31,9 @@ class SmootherResult(NamedTuple):
     covs:       (Bt, T, n, n)     Cov[z_t | x]
     cross_covs: (Bt, T-1, n, n)   Cov[z_{t+1}, z_t | x] (what EM needs)
     filtered:   the FilterResult it was built on (log-likelihood included).
+
+    As in :class:`FilterResult`, the means may be non-contiguous views and shared covariances
+    broadcast views.
     """
 
     means: Tensor
