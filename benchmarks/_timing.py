@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -33,28 +33,32 @@ QUICK = Budget(repeats=3, min_repeats=1, seconds=1.0)
 FULL = Budget(repeats=21, min_repeats=5, seconds=8.0)
 
 
-def median_ms(fns: Mapping[str, Callable[[], object]], budget: Budget) -> dict[str, float]:
+def median_ms(
+    fns: Mapping[str, Callable[[], object]], budget: Budget, apart: Collection[str] = ()
+) -> dict[str, float]:
     """Median wall-clock time in milliseconds of each function in ``fns``, by name.
 
     The functions are timed in interleaved rounds (every function once per round) rather than
     one after the other, so that a burst of load from elsewhere on the machine slows all of
-    them alike and the ratios between them stay meaningful. The order rotates by one from round
-    to round, so no function always runs right after the same one: a call that leaves the heap
-    or the caches in a poor state (freeing a 5000-step autograd graph does) would otherwise slow
-    the same neighbour in every round. Each function must block until its result is ready
+    them alike and the ratios between them stay meaningful. The functions named in ``apart``
+    get rounds of their own afterwards: a call that frees a very large autograd graph (a plain
+    loop's gradient over 5000 steps) leaves the heap so that the next call in the round took
+    twice its time. Each function must block until its result is ready
     (``jax.block_until_ready`` for JAX); warm-up calls (compilation) are untimed.
     """
+    groups = [{k: f for k, f in fns.items() if k not in apart}, {k: f for k, f in fns.items() if k in apart}]
+    return {name: ms for group in groups if group for name, ms in _interleaved(group, budget).items()}
+
+
+def _interleaved(fns: Mapping[str, Callable[[], object]], budget: Budget) -> dict[str, float]:
     for fn in fns.values():
         for _ in range(budget.warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     spent = 0.0
     rounds = 0
-    names = list(fns)
     while rounds < budget.repeats and (rounds < budget.min_repeats or spent < budget.seconds * len(fns)):
-        shift = rounds % len(names)
-        for name in names[shift:] + names[:shift]:
-            fn = fns[name]
+        for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - start

@@ -53,7 +53,9 @@ by this row's time (> 1 means this row is faster).
 
 Timing: median wall-clock time over interleaved rounds (every implementation once per round, so
 outside load hits all of them alike), 5-21 rounds and about 8 s per implementation in full mode,
-1-3 rounds with ``--quick``; one untimed warm-up call each (JIT compilation for dynamax).
+1-3 rounds with ``--quick``; one untimed warm-up call each (JIT compilation for dynamax). The
+loop gets rounds of its own afterwards: freeing its 5000-step autograd graph slowed whichever
+call came next (``_timing.median_ms``).
 
 Usage::
 
@@ -478,11 +480,13 @@ def run_case(
         if budget is None:
             continue
         dname = str(dtype).removeprefix("torch.")
-        smooth_ms = median_ms({impl.name: impl.smooth for impl in impls if impl.time_smooth}, budget)
+        smooth_fns = {impl.name: impl.smooth for impl in impls if impl.time_smooth}
+        smooth_ms = median_ms(smooth_fns, budget, apart={"loop"})
         for name, ms in smooth_ms.items():
             ll_err = rel_err(outputs[name].log_likelihood, reference_ll)
             rows.append(Row(case, dname, "smooth", name, ms, ll_err))
-        grad_ms = median_ms({impl.name: impl.grad for impl in impls if impl.grad is not None}, budget)
+        grad_fns = {impl.name: impl.grad for impl in impls if impl.grad is not None}
+        grad_ms = median_ms(grad_fns, budget, apart={"loop"})
         rows += [Row(case, dname, "grad", name, ms, None) for name, ms in grad_ms.items()]
         print(f"  {case} {dname}: done", file=sys.stderr, flush=True)
     return rows, failures

@@ -216,7 +216,8 @@ def constant_linear_recurrence(
 
     F (b, n, n), g (c, N, n, k), h0 (c, n, k) -> (c, N, n, k); ``reverse`` as in
     :func:`linear_recurrence`. With an input matrix G (b, n, q) the offsets are ``G g_t`` for
-    inputs g (c, N, q, k): G goes into the block matrix, so the n-row offsets are never formed. Exact (no truncation): the steps are cut into blocks of L; inside
+    inputs g (c, N, q, k): G goes into the block matrix, so the n-row offsets are never formed.
+    Exact (no truncation): the steps are cut into blocks of L; inside
     a block ``h_{c,i} = sum_{j<=i} F^{i-j} g_{c,j} + F^{i+1} h_{c-1}`` (reversed:
     ``sum_{j>=i} F^{j-i} g_{c,j} + F^{L-i} h_{c+1}``), one product with a block-Toeplitz matrix
     of powers of F, and the states between blocks follow the same recurrence with F^L, solved

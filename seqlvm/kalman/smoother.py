@@ -169,7 +169,8 @@ def _smooth_covariances(kernel: BackwardKernel, P_last: Tensor, method: str) -> 
 
         covs, steady = steady_powers(_smoother_combine, (E[:, s : s + 1], Lc[:, s : s + 1]), backwards, count)
         if steady is not None:  # steps T-1-steady .. s all hold the steady value
-            covs = torch.cat([covs[:, : steady + 1], covs[:, steady : steady + 1].expand(-1, count - steady, -1, -1)], 1)
+            held = covs[:, steady : steady + 1].expand(-1, count - steady, -1, -1)
+            covs = torch.cat([covs[:, : steady + 1], held], 1)
         tail = covs.flip(1)
     head = s if s is not None and s < T - 1 else T - 1
     if head == 0:
@@ -228,7 +229,8 @@ def sample_posterior(
         kernel = backward_kernel(prep, filt, mp, gains.steady_from)
         chol = per_draw_matrix(safe_cholesky(kernel.L))  # (b, T-1, n, n)
         drive = per_draw(kernel.g) + chol @ noise[:, :-1]
-        z_prev = steady_linear_recurrence(per_draw_matrix(kernel.E), drive, z_last, kernel.steady_from, method, reverse=True)
+        E = per_draw_matrix(kernel.E)
+        z_prev = steady_linear_recurrence(E, drive, z_last, kernel.steady_from, method, reverse=True)
         z = torch.cat([z_prev, z_last.unsqueeze(1)], dim=1)
         log_prob = log_prob + mvn_logpdf_of_noise(eps[:, :-1], chol).sum(-1)
     else:

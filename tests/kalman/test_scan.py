@@ -134,6 +134,7 @@ def test_an_input_matrix_gives_the_same_as_its_products(N: int, reverse: bool) -
     want = plain(F.unsqueeze(1).expand(-1, N, -1, -1), G.unsqueeze(1) @ u, h0, reverse)
     torch.testing.assert_close(constant_linear_recurrence(F, u, h0, reverse, G=G), want, rtol=1e-10, atol=1e-12)
     varying = torch.cat([stable(1, N // 2, n, gen), F.unsqueeze(1).expand(-1, N - N // 2, -1, -1)], 1)
-    G_t = torch.cat([torch.randn(1, N // 2, n, q, dtype=DT, generator=gen), G.unsqueeze(1).expand(-1, N - N // 2, -1, -1)], 1)
+    G_head = torch.randn(1, N // 2, n, q, dtype=DT, generator=gen)
+    G_t = torch.cat([G_head, G.unsqueeze(1).expand(-1, N - N // 2, -1, -1)], 1)
     got = steady_linear_recurrence(varying, u, h0, N // 2, "sequential", reverse, G=G_t)
     torch.testing.assert_close(got, plain(varying, G_t @ u, h0, reverse), rtol=1e-10, atol=1e-12)
