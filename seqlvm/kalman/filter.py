@@ -250,13 +250,14 @@ class MeanPass(NamedTuple):
     """The filter's data-dependent half in the product layout of :func:`~seqlvm.kalman.linalg.columns`
     ((1, T, d, Bt) or (Bt, T, d, 1)), for the smoother and the gradient to build on.
 
-    means, pred_means: filtered and predicted means (n); innovations: x - C pred_means (m);
+    means, pred_means: filtered and predicted means (n); whitened: the innovations
+    v_t = x_t - C_t m_{t|t-1} times L_t^-1, with S_t = L_t L_t^T (m);
     shared: whether the sequences are the columns.
     """
 
     means: Tensor
     pred_means: Tensor
-    innovations: Tensor
+    whitened: Tensor
     shared: bool
 
 
@@ -292,10 +293,10 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
     if controls is not None:
         pred = pred + controls[:, 1:]
     pred_means = torch.cat([m0.unsqueeze(1), pred], dim=1)
-    innovations = X - C @ pred_means
+    whitened = torch.linalg.solve_triangular(gains.chols, X - C @ pred_means, upper=False)
     # log N(v; 0, S) with S = L L^T; the observed count in the 2 pi term lets padded, unobserved
     # entries (v_i = 0, unit variance, uncorrelated) add exactly 0.
-    quad = uncolumns(torch.linalg.solve_triangular(gains.chols, innovations, upper=False).pow(2).sum(-2, keepdim=True))
+    quad = uncolumns(whitened.pow(2).sum(-2, keepdim=True))
     log_det = torch.log(gains.chols.diagonal(dim1=-2, dim2=-1)).sum(-1)
     step_ll = -0.5 * (quad.squeeze(-1) + prep.observed_count() * LOG_2PI) - log_det
     result = FilterResult(
@@ -306,4 +307,4 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
         step_ll.sum(1),
         step_ll,
     )
-    return result, gains, MeanPass(means, pred_means, innovations, shared)
+    return result, gains, MeanPass(means, pred_means, whitened, shared)

@@ -143,7 +143,7 @@ def adjoints(prep: Prepared, gains: Gains, mp: MeanPass, method: str) -> tuple[T
     """
     T = prep.steps
     C, _ = prep.emission()
-    Sv = torch.cholesky_solve(mp.innovations, gains.chols)
+    Sv = torch.linalg.solve_triangular(gains.chols.transpose(-1, -2), mp.whitened, upper=True)  # S^-1 v
     Ct = full_time(C, T).transpose(-1, -2)  # rho's offsets are C~_t^T S_t^-1 v_t
     last = Ct[:, -1] @ Sv[:, -1]
     if T == 1:
