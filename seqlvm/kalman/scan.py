@@ -134,7 +134,7 @@ def linear_recurrence(
         _, h = associative_scan(_affine_combine, (F, g))
         return h
     N = g.shape[1]
-    out = [g] * N
+    out = [g] * N  # placeholders, every one overwritten below
     h = h0
     for t in range(N - 1, -1, -1) if reverse else range(N):
         h = F[:, t] @ h + g[:, t]
