@@ -74,10 +74,11 @@ def kalman_filter(
 
     mask: (Bt, T) or (Bt, T, m), True where observed (NaNs in x are missing too).
     u:    (Bt, T, k) controls (``u[:, 0]`` is unused), required when ``params.B`` is set.
-    method: ``"sequential"`` (a loop over steps; once the covariances of a time-invariant,
-        fully observed model reach their steady state to machine precision, the remaining means
-        are solved in blocks, so results stay exact) or ``"parallel"`` (the associative scan of
-        Särkkä & García-Fernández 2021, O(log T) depth). Both agree to rounding error.
+    method: ``"sequential"`` (a loop over steps) or ``"parallel"`` (the associative scan of
+        Särkkä & García-Fernández 2021, O(log T) depth). Both agree to rounding error. For a
+        time-invariant, fully observed model both compute the covariances only until they reach
+        their steady state to machine precision, and solve the means of the steady stretch in
+        exact blocks.
     Differentiable with respect to every parameter and to x.
     """
     check_method(method, "kalman_filter")

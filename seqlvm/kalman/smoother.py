@@ -109,7 +109,8 @@ def kalman_smoother(
     """RTS-smooth ``x`` (Bt, T, m); arguments as for :func:`seqlvm.kalman.kalman_filter`.
 
     ``method="parallel"`` runs both passes as associative scans (Särkkä & García-Fernández
-    2021); ``"sequential"`` loops backwards, solving stretches with steady gains in blocks.
+    2021), ``"sequential"`` as loops; either way a stretch with steady gains has its means solved
+    in exact blocks and its covariances by doubling.
     """
     check_method(method, "kalman_smoother")
     prep = prepare(params, x, mask, u, fn="kalman_smoother")
