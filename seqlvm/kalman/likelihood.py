@@ -32,7 +32,7 @@ perturbations), as autograd gives through the filter's Cholesky factorisations.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -236,9 +236,7 @@ def _outer(a: Tensor, b: Tensor, w: _Weights | None, target: tuple[int, int]) ->
         out = out if w is None else out * w.common
     else:
         out = (a * w.cols) @ b.transpose(-1, -2)
-    if target[0] == 1 and out.shape[0] > 1:
-        out = out.sum(0, keepdim=True)
-    return out.sum(1, keepdim=True) if target[1] == 1 else out
+    return _sum_to(out, target)
 
 
 def _reduce(M: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:
@@ -253,7 +251,7 @@ def _reduce(M: Tensor, w: Tensor, target: tuple[int, int]) -> Tensor:
     return M.sum(1, keepdim=True) if target[1] == 1 else M
 
 
-def _sum_to(G: Tensor, shape: torch.Size) -> Tensor:
+def _sum_to(G: Tensor, shape: Sequence[int]) -> Tensor:
     """Sum G (b, t, r, c) over the leading dims that are 1 in ``shape``."""
     dims = [i for i in (0, 1) if shape[i] == 1 and G.shape[i] > 1]
     return G.sum(dims, keepdim=True) if dims else G

@@ -226,13 +226,17 @@ def constant_linear_recurrence(
     """
     c, N, q, k = g.shape
     n = F.shape[-1]
-    loop = F.unsqueeze(1).expand(-1, N, -1, -1)
+
+    def stepwise() -> Tensor:
+        offsets = g if G is None else G.unsqueeze(1) @ g
+        return linear_recurrence(F.unsqueeze(1).expand(-1, N, -1, -1), offsets, h0, reverse=reverse)
+
     if N <= 2:
-        return linear_recurrence(loop, g if G is None else G.unsqueeze(1) @ g, h0, reverse=reverse)
+        return stepwise()
     L = min(_block_length(n), N)
     powers = _powers(F, L)  # (b, L+1, n, n)
     if not bool(torch.isfinite(powers).all()):
-        return linear_recurrence(loop, g if G is None else G.unsqueeze(1) @ g, h0, reverse=reverse)
+        return stepwise()
     blocks = -(-N // L)
     pad = blocks * L - N  # zero steps on the side the recursion ends at, dropped afterwards
     if pad:
