@@ -15,10 +15,11 @@ The work is split in two passes. The covariances (and with them the gains) never
 values of x, only on which entries are observed: the *covariance pass* computes them once for
 the whole batch when the parameters are shared and nothing is missing. For a time-invariant,
 fully observed model it runs only up to the steady state, by doubling (``_covariances_steady``);
-otherwise by a loop (``"sequential"``) or an associative scan (``"parallel"``).
+otherwise by a loop (``"sequential"``) or Särkkä & García-Fernández's associative scan
+(``"parallel"``).
 Given the gains, the filtered means obey an affine recurrence
 ``m_t = (I - K_t C_t) A_t m_{t-1} + (I - K_t C_t) B_t u_t + K_t x_t``: the *mean pass* solves it
-by a loop or a scan, and in exact blocks wherever the gain is steady.
+by a loop or a blocked scan, and in exact blocks wherever the gain is steady.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def kalman_filter(
 
     mask: (Bt, T) or (Bt, T, m), True where observed (NaNs in x are missing too).
     u:    (Bt, T, k) controls (``u[:, 0]`` is unused), required when ``params.B`` is set.
-    method: ``"sequential"`` (a loop over steps) or ``"parallel"`` (the associative scan of
-        Särkkä & García-Fernández 2021, O(log T) depth). Both agree to rounding error. For a
+    method: ``"sequential"`` (a loop over steps) or ``"parallel"`` (parallel in time: the
+        covariances by the associative scan of Särkkä & García-Fernández 2021, O(log T) depth,
+        the means by a blocked scan). Both agree to rounding error. For a
         time-invariant, fully observed model both compute the covariances only until they reach
         their steady state to machine precision, and solve the means of the steady stretch in
         exact blocks.
@@ -165,7 +167,7 @@ def _covariance_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) 
     """The (A, C, J) part of Särkkä & García-Fernández's (2021) filtering operator.
 
     With M = I + C_i J_j:  A = A_j M^-1 A_i,  C = A_j M^-1 C_i A_j^T + C_j,
-    J = A_i^T M^-T J_j A_i + J_i.  (Their b and eta parts are the mean pass's affine scan.)
+    J = A_i^T M^-T J_j A_i + J_i.  (Their b and eta parts are the mean pass's affine recurrence.)
     """
     Ai, Ci, Ji = earlier
     Aj, Cj, Jj = later

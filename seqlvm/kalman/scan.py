@@ -4,7 +4,8 @@ The parallel filter and smoother, and the fast paths of the sequential ones, red
 
 - :func:`associative_scan`: all prefixes ``e_0 * e_1 * ... * e_t`` of an associative operator in
   O(log T) sequential depth (the odd/even recursion of Blelloch, as in ``jax.lax.associative_scan``);
-- :func:`linear_recurrence`: ``h_t = F_t h_{t-1} + g_t`` by a loop or by the scan;
+- :func:`linear_recurrence`: ``h_t = F_t h_{t-1} + g_t`` (or ``F_t h_{t-1} F_t^T + g_t`` for
+  covariances) by a loop or by a blocked scan, which runs chunks of steps side by side;
 - :func:`constant_linear_recurrence`: the same with one fixed ``F``, solved exactly in blocks with
   one matrix product per block level (what a steady-state Kalman filter needs);
 - :func:`steady_powers`: the powers of one repeated element by doubling, up to a steady state
@@ -16,6 +17,7 @@ The recurrences' states are matrices with k columns (the product layout of
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -106,40 +108,102 @@ def steady_powers(
         N = min(count, 4 * N)
 
 
-def _affine_combine(earlier: Elems, later: Elems) -> Elems:
-    """(F1, g1) then (F2, g2) is h -> F2 (F1 h + g1) + g2."""
-    F1, g1 = earlier
-    F2, g2 = later
-    return F2 @ F1, F2 @ g1 + g2
-
-
 def linear_recurrence(
-    F: Tensor, g: Tensor, h0: Tensor, method: str = "sequential", reverse: bool = False
+    F: Tensor,
+    g: Tensor,
+    h0: Tensor,
+    method: str = "sequential",
+    reverse: bool = False,
+    congruence: bool = False,
 ) -> Tensor:
     """Solve ``h_t = F_t h_{t-1} + g_t`` for t = 1..N with a time-varying ``F``.
 
     The states are matrices (k columns solved at once; see :func:`seqlvm.kalman.linalg.columns`):
     F (b, N, n, n), g (c, N, n, k), h0 (c, n, k) -> h (c, N, n, k) holding h_1..h_N, with b and c
     broadcasting. With ``reverse=True`` the recursion runs backwards: ``h_t = F_t h_{t+1} + g_t``,
-    starting from h0 after the last step. ``method="parallel"`` uses :func:`associative_scan`.
+    starting from h0 after the last step. With ``congruence=True`` the states are covariances
+    (k = n) and the step is ``h_t = F_t h_{t-1} F_t^T + g_t``. ``method="sequential"`` is the
+    plain loop; ``"parallel"`` the blocked scan of :func:`_chunked_recurrence`.
     """
     if g.shape[1] == 0:
         return g
-    if reverse and method == "parallel":
-        return linear_recurrence(F.flip(1), g.flip(1), h0, method).flip(1)
     if method == "parallel":
-        # Fold h0 into the first offset, then the g-part of every prefix is h_t.
-        first = g[:, 0] + F[:, 0] @ h0
-        g = torch.cat([first.unsqueeze(1), g[:, 1:]], dim=1)
-        _, h = associative_scan(_affine_combine, (F, g))
-        return h
+        return _chunked_recurrence(F, g, h0, reverse, congruence)
+    return _stepwise(F, g, h0, reverse, congruence)
+
+
+def _carry(F: Tensor, h: Tensor, congruence: bool) -> Tensor:
+    """F h, or F h F^T for covariances."""
+    return F @ h @ F.transpose(-1, -2) if congruence else F @ h
+
+
+def _stepwise(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruence: bool) -> Tensor:
+    """:func:`linear_recurrence` one step at a time."""
     N = g.shape[1]
     out = [g] * N  # placeholders, every one overwritten below
     h = h0
     for t in range(N - 1, -1, -1) if reverse else range(N):
-        h = F[:, t] @ h + g[:, t]
+        h = _carry(F[:, t], h, congruence) + g[:, t]
         out[t] = h
     return torch.stack(out, dim=1)
+
+
+def _chunk_length(N: int) -> int:
+    """Steps per chunk of :func:`_chunked_recurrence`: one level costs about 3 L + 2 N / L
+    operations, least at L = sqrt(2 N / 3); capped, so that long recurrences nest instead."""
+    return min(64, max(2, round(math.sqrt(2 * N / 3))))
+
+
+STEPWISE_BELOW = 12  # shorter recurrences take fewer operations one step at a time
+
+
+def _chunked_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruence: bool) -> Tensor:
+    """:func:`linear_recurrence` by the blocked scan (Blelloch 1990, "Prefix sums and their
+    applications", 1.4): O(L + N / L) sequential steps instead of N.
+
+    The steps are cut into chunks of L. All chunks run their L steps side by side, each from a
+    zero state, giving local solutions ``l_i``, and keep the products ``P_i = F_i ... F_0`` of
+    their transitions (reversed: ``F_i ... F_{L-1}``). The states the chunks start from obey the
+    same recurrence over the chunks, with each chunk's full product as its transition and its
+    last local solution (first, reversed) as its offset; solved the same way, it nests. Then
+    ``h_i = l_i + P_i h_start`` (``+ P_i h_start P_i^T`` for covariances). Exact up to
+    rounding: the products are only regrouped.
+    """
+    b, N, n, _ = F.shape
+    c, k = g.shape[0], g.shape[-1]
+    if N < STEPWISE_BELOW:
+        return _stepwise(F, g, h0, reverse, congruence)
+    L = _chunk_length(N)
+    chunks = -(-N // L)
+    pad = chunks * L - N  # identity steps with zero offsets where the recursion ends, dropped after
+    if pad:
+        eye = torch.eye(n, dtype=F.dtype, device=F.device).expand(b, pad, n, n)
+        zeros = g.new_zeros(c, pad, n, k)
+        F = torch.cat([eye, F] if reverse else [F, eye], dim=1)
+        g = torch.cat([zeros, g] if reverse else [g, zeros], dim=1)
+    F = F.reshape(b, chunks, L, n, n)
+    g = g.reshape(c, chunks, L, n, k)
+    local, products = [g[:, :, 0]] * L, [F[:, :, 0]] * L  # placeholders, every one overwritten
+    h = P = None
+    for i in range(L - 1, -1, -1) if reverse else range(L):
+        Fi, gi = F[:, :, i], g[:, :, i]
+        h = gi.expand(max(b, c), *gi.shape[1:]) if h is None else _carry(Fi, h, congruence) + gi
+        P = Fi if P is None else Fi @ P
+        local[i], products[i] = h, P
+    # The state each chunk starts from: h0, then the recurrence over the chunks' ends.
+    end = 0 if reverse else L - 1
+    across, offsets = (products[end][:, 1:], local[end][:, 1:]) if reverse else (products[end][:, :-1], local[end][:, :-1])
+    ends = _chunked_recurrence(across, offsets, h0, reverse, congruence)
+    h0 = h0.unsqueeze(1).expand(ends.shape[0], -1, -1, -1)
+    starts = torch.cat([ends, h0] if reverse else [h0, ends], dim=1)
+    P = torch.stack(products, 2)  # (b, chunks, L, n, n)
+    if congruence:
+        carried = _carry(P, starts.unsqueeze(2), True)
+    else:  # one product per chunk for all its steps
+        carried = (P.reshape(b, chunks, L * n, n) @ starts).reshape(-1, chunks, L, n, k)
+    out = torch.stack(local, 2) + carried
+    out = out.reshape(out.shape[0], chunks * L, n, k)
+    return out[:, pad:] if reverse else out[:, :N]
 
 
 def steady_linear_recurrence(

@@ -21,7 +21,7 @@ from torch import Tensor
 from seqlvm.kalman.filter import FilterResult, MeanPass, check_method, run_filter
 from seqlvm.kalman.linalg import columns, mvn_logpdf_of_noise, safe_cholesky, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
+from seqlvm.kalman.scan import linear_recurrence, steady_linear_recurrence, steady_powers
 
 
 class SmootherResult(NamedTuple):
@@ -108,8 +108,9 @@ def kalman_smoother(
 ) -> SmootherResult:
     """RTS-smooth ``x`` (Bt, T, m); arguments as for :func:`seqlvm.kalman.kalman_filter`.
 
-    ``method="parallel"`` runs both passes as associative scans (Särkkä & García-Fernández
-    2021), ``"sequential"`` as loops; either way a stretch with steady gains has its means solved
+    ``method="parallel"`` runs both passes parallel in time (the filter's covariances by the
+    associative scan of Särkkä & García-Fernández 2021, every linear recurrence by a blocked
+    scan), ``"sequential"`` as loops; either way a stretch with steady gains has its means solved
     in exact blocks and its covariances by doubling.
     """
     check_method(method, "kalman_smoother")
@@ -154,8 +155,9 @@ def _smooth_covariances(kernel: BackwardKernel, P_last: Tensor, method: str) -> 
 
     Where the filter was steady (t >= s) E and L are constant, so P_{T-1-j|T} =
     E^j P_last E^jT + S_j with (E^j, S_j) the j-th power of (E, L) under the composition, by
-    doubling (:func:`steady_powers`) until the covariances are steady; the steps before s go by a
-    loop (``"sequential"``) or a scan (``"parallel"``).
+    doubling (:func:`steady_powers`) until the covariances are steady; the steps before s are the
+    recurrence itself, for :func:`~seqlvm.kalman.scan.linear_recurrence` (a loop or the blocked
+    scan, by ``method``).
     """
     E, Lc, s = kernel.E, kernel.L, kernel.steady_from
     T = E.shape[1] + 1
@@ -176,20 +178,8 @@ def _smooth_covariances(kernel: BackwardKernel, P_last: Tensor, method: str) -> 
     head = s if s is not None and s < T - 1 else T - 1
     if head == 0:
         return tail
-    E, Lc, P = E[:, :head], Lc[:, :head], tail[:, 0]
-    if method == "parallel":
-        elems = (
-            torch.cat([E.expand(b, *E.shape[1:]), torch.zeros_like(E[:1, :1]).expand(b, 1, -1, -1)], 1),
-            torch.cat([Lc.expand(b, *Lc.shape[1:]), P.unsqueeze(1)], 1),
-        )
-        covs = associative_scan(_smoother_combine, elems, reverse=True)[1][:, :-1]
-    else:
-        out = []
-        for t in range(head - 1, -1, -1):
-            P = sym(E[:, t] @ P @ E[:, t].transpose(-1, -2) + Lc[:, t])
-            out.append(P.expand(b, -1, -1))
-        covs = torch.stack(out[::-1], dim=1)
-    return torch.cat([covs, tail], 1)
+    covs = linear_recurrence(E[:, :head], Lc[:, :head], tail[:, 0], method, reverse=True, congruence=True)
+    return torch.cat([sym(covs), tail], 1)
 
 
 def sample_posterior(

@@ -33,19 +33,42 @@ def stable(b: int, N: int, n: int, gen: torch.Generator) -> torch.Tensor:
     return 0.9 * F / torch.linalg.matrix_norm(F, ord=2)[..., None, None]
 
 
-@pytest.mark.parametrize("layout", ["columns", "rows"])
+@pytest.mark.parametrize("layout", ["columns", "rows", "shared F", "shared g"])
 @pytest.mark.parametrize("method", ["sequential", "parallel"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_linear_recurrence_matches_the_plain_recursion(layout: str, method: str, reverse: bool) -> None:
-    gen = torch.Generator().manual_seed(0)
-    Bt, N, n = 5, 37, 3
+@pytest.mark.parametrize("N", [1, 11, 12, 37, 48, 1500])
+def test_linear_recurrence_matches_the_plain_recursion(layout: str, method: str, reverse: bool, N: int) -> None:
+    """N spans the plain loop, one level of chunks with and without padding, and nested levels;
+    the layouts broadcast F over the sequences, or one g and h0 over many F."""
+    gen = torch.Generator().manual_seed(N)
+    Bt, n = 5, 3
     shared = layout == "columns"
-    F = stable(1 if shared else Bt, N, n, gen)
-    g = columns(torch.randn(Bt, N, n, dtype=DT, generator=gen), shared)
-    h0 = columns(torch.randn(Bt, n, dtype=DT, generator=gen), shared)
+    F = stable(1 if layout in ("columns", "shared F") else Bt, N, n, gen)
+    rows = 1 if layout == "shared g" else Bt
+    g = columns(torch.randn(rows, N, n, dtype=DT, generator=gen), shared)
+    h0 = columns(torch.randn(rows, n, dtype=DT, generator=gen), shared)
     got = linear_recurrence(F, g, h0, method, reverse)
-    assert got.shape == g.shape
-    torch.testing.assert_close(got, plain(F, g, h0, reverse), rtol=1e-12, atol=1e-12)
+    want = plain(F, g, h0, reverse)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("N", [1, 12, 37, 300])
+def test_covariance_recurrence_matches_the_plain_recursion(method: str, reverse: bool, N: int) -> None:
+    """congruence=True: P_t = F_t P_{t-1} F_t^T + g_t, for one F shared by a batch of covariances."""
+    gen = torch.Generator().manual_seed(N)
+    n, b = 3, 4
+    F = stable(1, N, n, gen)
+    M = torch.randn(b, N + 1, n, n, dtype=DT, generator=gen)
+    S = M @ M.transpose(-1, -2)
+    got = linear_recurrence(F, S[:, 1:], S[:, 0], method, reverse, congruence=True)
+    want, P = [None] * N, S[:, 0]
+    for t in range(N - 1, -1, -1) if reverse else range(N):
+        P = F[:, t] @ P @ F[:, t].transpose(-1, -2) + S[:, t + 1]
+        want[t] = P
+    torch.testing.assert_close(got, torch.stack(want, 1), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("N", [1, 2, 3, 31, 32, 33, 200, 1500])
