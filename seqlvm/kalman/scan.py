@@ -295,7 +295,7 @@ def constant_linear_recurrence(
         offsets = g if G is None else G.unsqueeze(1) @ g
         return linear_recurrence(F.unsqueeze(1).expand(-1, N, -1, -1), offsets, h0, reverse=reverse)
 
-    if N <= 2:
+    if N < STEPWISE_BELOW:
         return stepwise()
     L = min(_block_length(n), N)
     powers = _powers(F, L)  # (b, L+1, n, n)
