@@ -35,20 +35,13 @@ def _interleave(even: Tensor, odd: Tensor) -> Tensor:
     return merged
 
 
-def associative_scan(
-    combine: Callable[[Elems, Elems], Elems], elems: Sequence[Tensor], reverse: bool = False
-) -> Elems:
+def associative_scan(combine: Callable[[Elems, Elems], Elems], elems: Sequence[Tensor]) -> Elems:
     """Inclusive scan of an associative ``combine(earlier, later)`` along dim 1.
 
     elems: tensors with time on dim 1 (other dims broadcast inside ``combine``). Returns, for
-    each t, ``e_0 * ... * e_t``; with ``reverse=True``, ``e_t * ... * e_{T-1}`` (the order of
-    the arguments to ``combine`` is always earlier-in-time first).
+    each t, ``e_0 * ... * e_t``.
     """
     elems = tuple(elems)
-    if reverse:
-        flipped = tuple(e.flip(1) for e in elems)
-        out = associative_scan(lambda a, b: combine(b, a), flipped)
-        return tuple(o.flip(1) for o in out)
     T = elems[0].shape[1]
     if T < 2:
         return elems
