@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.linalg import columns, sym, uncolumns
+from seqlvm.kalman.linalg import columns, matmul_add, sym, uncolumns
 from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
 
@@ -296,7 +296,7 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
     if controls is not None:
         pred = pred + controls[:, 1:]
     pred_means = torch.cat([m0.unsqueeze(1), pred], dim=1)
-    whitened = torch.linalg.solve_triangular(gains.chols, X - C @ pred_means, upper=False)
+    whitened = torch.linalg.solve_triangular(gains.chols, matmul_add(X, C, pred_means, -1.0), upper=False)
     # log N(v; 0, S) with S = L L^T; the observed count in the 2 pi term lets padded, unobserved
     # entries (v_i = 0, unit variance, uncorrelated) add exactly 0.
     quad = uncolumns(whitened.pow(2).sum(-2, keepdim=True))

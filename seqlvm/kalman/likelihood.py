@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import FilterResult, Gains, MeanPass, check_method, full_time, run_filter
-from seqlvm.kalman.linalg import columns, sym, uncolumns
+from seqlvm.kalman.linalg import columns, matmul_add, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import steady_linear_recurrence
 from seqlvm.kalman.smoother import smooth_filtered
@@ -104,7 +104,7 @@ def fisher_gradients(
     _, V, _ = smooth_filtered(prep, filt, None, gains.steady_from, method)
     rho, u = adjoints(prep, gains, mp, method)
     P = gains.pred_covs
-    s = mp.pred_means + P @ rho  # E[z_t | x]
+    s = matmul_add(mp.pred_means, P, rho)  # E[z_t | x]
     # N_t = P_t^-1 (P_t - V_t) P_t^-1, so that Cov(z_t | x) = P_t - P_t N_t P_t
     LP = torch.linalg.cholesky(P)
     N = sym(torch.cholesky_solve(torch.cholesky_solve(P - V, LP).transpose(-1, -2), LP))
@@ -152,8 +152,7 @@ def adjoints(prep: Prepared, gains: Gains, mp: MeanPass, method: str) -> tuple[T
     head = steady_linear_recurrence(LT, Sv[:, :-1], last, gains.steady_from, method, reverse=True, G=Ct[:, :-1])
     rho = torch.cat([head, last.unsqueeze(1)], dim=1)
     AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]  # (b, T-1, n, m): small, unlike rho
-    back = AK.transpose(-1, -2) @ rho[:, 1:]
-    return rho, torch.cat([Sv[:, :-1] - back, Sv[:, -1:]], dim=1)
+    return rho, torch.cat([matmul_add(Sv[:, :-1], AK.transpose(-1, -2), rho[:, 1:], -1.0), Sv[:, -1:]], dim=1)
 
 
 def _error_transitions(prep: Prepared, gains: Gains) -> Tensor:

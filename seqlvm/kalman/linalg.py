@@ -13,6 +13,18 @@ def sym(P: Tensor) -> Tensor:
     return 0.5 * (P + P.transpose(-1, -2))
 
 
+def matmul_add(C: Tensor, A: Tensor, B: Tensor, alpha: float = 1.0) -> Tensor:
+    """C + alpha A B for batches of matrices, in one product that adds into a copy of C
+    (``torch.baddbmm``), so the product is never stored on its own: on large data one pass
+    fewer. C (..., r, k); A (..., r, s) and B (..., s, k) broadcast to C's batch shape."""
+    batch = C.shape[:-2]
+
+    def flat(M: Tensor) -> Tensor:
+        return M.expand(*batch, *M.shape[-2:]).reshape(-1, *M.shape[-2:])
+
+    return torch.baddbmm(flat(C), flat(A), flat(B), alpha=alpha).view(C.shape)
+
+
 def safe_cholesky(S: Tensor) -> Tensor:
     """Lower Cholesky factor of a symmetric positive (semi-)definite batch.
 

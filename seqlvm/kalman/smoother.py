@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import FilterResult, MeanPass, check_method, run_filter
-from seqlvm.kalman.linalg import columns, mvn_logpdf_of_noise, safe_cholesky, sym, uncolumns
+from seqlvm.kalman.linalg import columns, matmul_add, mvn_logpdf_of_noise, safe_cholesky, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import linear_recurrence, steady_linear_recurrence, steady_powers
 
@@ -88,7 +88,7 @@ def backward_kernel(
         rest = T - 1 - stop
         E = torch.cat([E, E[:, -1:].expand(-1, rest, -1, -1)], dim=1)
         Lc = torch.cat([Lc, Lc[:, -1:].expand(-1, rest, -1, -1)], dim=1)
-    g = None if mp is None else mp.means[:, :-1] - E @ mp.pred_means[:, 1:]
+    g = None if mp is None else matmul_add(mp.means[:, :-1], E, mp.pred_means[:, 1:], -1.0)
     return BackwardKernel(E, g, Lc, steady_from)
 
 
