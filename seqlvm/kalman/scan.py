@@ -183,10 +183,12 @@ def _chunked_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congrue
         h = gi.expand(max(b, c), *gi.shape[1:]) if h is None else _carry(Fi, h, congruence) + gi
         P = Fi if P is None else Fi @ P
         local[i], products[i] = h, P
-    # The state each chunk starts from: h0, then the recurrence over the chunks' ends.
-    end = 0 if reverse else L - 1
-    across, offsets = (products[end][:, 1:], local[end][:, 1:]) if reverse else (products[end][:, :-1], local[end][:, :-1])
-    ends = _chunked_recurrence(across, offsets, h0, reverse, congruence)
+    # The state each chunk starts from: h0 for the first (last, reversed), then the state the
+    # chunk before it ends in, by the recurrence over the chunks.
+    if reverse:
+        ends = _chunked_recurrence(products[0][:, 1:], local[0][:, 1:], h0, reverse, congruence)
+    else:
+        ends = _chunked_recurrence(products[-1][:, :-1], local[-1][:, :-1], h0, reverse, congruence)
     h0 = h0.unsqueeze(1).expand(ends.shape[0], -1, -1, -1)
     starts = torch.cat([ends, h0] if reverse else [h0, ends], dim=1)
     P = torch.stack(products, 2)  # (b, chunks, L, n, n)
