@@ -142,9 +142,10 @@ def _stepwise(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruence: bool)
 
 
 def _chunk_length(N: int) -> int:
-    """Steps per chunk of :func:`_chunked_recurrence`: one level costs about 3 L + 2 N / L
-    operations, least at L = sqrt(2 N / 3); capped, so that long recurrences nest instead."""
-    return min(64, max(2, round(math.sqrt(2 * N / 3))))
+    """Steps per chunk of :func:`_chunked_recurrence` (N >= ``STEPWISE_BELOW``, so L >= 3): one
+    level costs about 3 L + 2 N / L operations, least at L = sqrt(2 N / 3); capped, so that long
+    recurrences nest instead."""
+    return min(64, round(math.sqrt(2 * N / 3)))
 
 
 STEPWISE_BELOW = 12  # shorter recurrences take fewer operations one step at a time
@@ -152,7 +153,7 @@ STEPWISE_BELOW = 12  # shorter recurrences take fewer operations one step at a t
 
 def _chunked_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruence: bool) -> Tensor:
     """:func:`linear_recurrence` by the blocked scan (Blelloch 1990, "Prefix sums and their
-    applications", 1.4): O(L + N / L) sequential steps instead of N.
+    applications"): O(L + N / L) sequential steps instead of N.
 
     The steps are cut into chunks of L. All chunks run their L steps side by side, each from a
     zero state, giving local solutions ``l_i``, and keep the products ``P_i = F_i ... F_0`` of
