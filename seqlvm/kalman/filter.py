@@ -24,12 +24,13 @@ by a loop or a blocked scan, and in exact blocks wherever the gain is steady.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from seqlvm.kalman.linalg import columns, matmul_add, sym, uncolumns
+from seqlvm.kalman.linalg import columns, matmul_add, precise_dtype, sym, uncolumns
 from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
 
@@ -101,6 +102,9 @@ class Gains(NamedTuple):
     K: Tensor
     chols: Tensor
     steady_from: int | None
+
+    def to(self, dtype: torch.dtype) -> Gains:
+        return Gains(*(v.to(dtype) for v in self[:4]), self.steady_from)
 
 
 def _not_positive_definite() -> ValueError:
@@ -229,12 +233,15 @@ def _covariances_steady(prep: Prepared, C: Tensor, R: Tensor) -> Gains:
     that of ``e_0 * e^t``, with the powers of e by doubling (:func:`steady_powers`) until the
     covariances have stayed put to rounding error. From there on every step holds that value
     exactly (so the mean pass can solve that stretch with one gain): the results are exact, not
-    an approximation.
+    an approximation. The work runs in :func:`~seqlvm.kalman.linalg.precise_dtype` (float64 for
+    float32 models) and is rounded to the model's dtype at the end, steady state included.
     """
-    T = prep.steps
+    T, dtype, work = prep.steps, C.dtype, precise_dtype(C)
+    prep = replace(prep, A=prep.A.to(work), Q=prep.Q.to(work), P0=prep.P0.to(work))
+    C, R = C.to(work), R.to(work)
     first = _scan_elements(torch.zeros_like(prep.A), prep.P0.unsqueeze(1), C, R)
     if T == 1:
-        return _gains_from_covs(prep, first[1], C, R)
+        return _gains_from_covs(prep, first[1], C, R).to(dtype)
 
     def filtered(powers: tuple[Tensor, ...]) -> Tensor:  # steps 0..N
         rest = _covariance_combine(first, powers)[1]
@@ -242,11 +249,21 @@ def _covariances_steady(prep: Prepared, C: Tensor, R: Tensor) -> Gains:
 
     covs, s = steady_powers(_covariance_combine, _scan_elements(prep.A, prep.Q, C, R), filtered, T - 1)
     if s is None:
-        return _gains_from_covs(prep, covs, C, R)
-    # Filtered covariances are steady from step s, so everything else is from step s + 1.
-    head = _gains_from_covs(prep, covs[:, : s + 2], C, R)
-    parts = [torch.cat([v, v[:, -1:].expand(-1, T - s - 2, -1, -1)], 1) for v in head[:4]]
-    return Gains(*parts, s + 1)
+        return _gains_from_covs(prep, covs, C, R).to(dtype)
+    # Filtered covariances are steady from step s, so everything else is from step s + 1; rounded
+    # to a lower precision, the values may settle earlier, from the first step after which none
+    # of them changes.
+    head = _gains_from_covs(prep, covs[:, : s + 2], C, R).to(dtype)
+    k = _settled(head[:4])
+    parts = [torch.cat([v[:, : k + 1], v[:, -1:].expand(-1, T - k - 1, -1, -1)], 1) for v in head[:4]]
+    return Gains(*parts, k)
+
+
+def _settled(seqs: tuple[Tensor, ...]) -> int:
+    """The first index along dim 1 from which every sequence (b, N, r, c) equals its last value."""
+    changing = torch.stack([(v != v[:, -1:]).flatten(2).any(-1).any(0) for v in seqs]).any(0)  # (N,)
+    steps = changing.nonzero()
+    return int(steps[-1]) + 1 if len(steps) else 0
 
 
 class MeanPass(NamedTuple):

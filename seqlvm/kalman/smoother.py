@@ -19,7 +19,15 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import FilterResult, MeanPass, check_method, run_filter
-from seqlvm.kalman.linalg import columns, matmul_add, mvn_logpdf_of_noise, safe_cholesky, sym, uncolumns
+from seqlvm.kalman.linalg import (
+    columns,
+    matmul_add,
+    mvn_logpdf_of_noise,
+    precise_dtype,
+    safe_cholesky,
+    sym,
+    uncolumns,
+)
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import linear_recurrence, steady_linear_recurrence, steady_powers
 
@@ -155,22 +163,25 @@ def _smooth_covariances(kernel: BackwardKernel, P_last: Tensor, method: str) -> 
 
     Where the filter was steady (t >= s) E and L are constant, so P_{T-1-j|T} =
     E^j P_last E^jT + S_j with (E^j, S_j) the j-th power of (E, L) under the composition, by
-    doubling (:func:`steady_powers`) until the covariances are steady; the steps before s are the
-    recurrence itself, for :func:`~seqlvm.kalman.scan.linear_recurrence` (a loop or the blocked
-    scan, by ``method``).
+    doubling (:func:`steady_powers`, in :func:`~seqlvm.kalman.linalg.precise_dtype`) until the
+    covariances are steady; the steps before s are the recurrence itself, for
+    :func:`~seqlvm.kalman.scan.linear_recurrence` (a loop or the blocked scan, by ``method``).
     """
     E, Lc, s = kernel.E, kernel.L, kernel.steady_from
     T = E.shape[1] + 1
     b = max(E.shape[0], P_last.shape[0])
     tail = P_last.unsqueeze(1).expand(b, 1, -1, -1)  # the covariances from step s (or T-1) on
     if s is not None and s < T - 1:
-        count = T - 1 - s
+        count, work = T - 1 - s, precise_dtype(E)
+        start = tail.to(work)
 
         def backwards(powers: tuple[Tensor, ...]) -> Tensor:  # steps T-1, T-2, ..., T-1-N
             Ej, Sj = powers
-            return torch.cat([tail, sym(Ej @ P_last.unsqueeze(1) @ Ej.transpose(-1, -2) + Sj)], 1)
+            return torch.cat([start, sym(Ej @ start @ Ej.transpose(-1, -2) + Sj)], 1)
 
-        covs, steady = steady_powers(_smoother_combine, (E[:, s : s + 1], Lc[:, s : s + 1]), backwards, count)
+        elem = (E[:, s : s + 1].to(work), Lc[:, s : s + 1].to(work))
+        covs, steady = steady_powers(_smoother_combine, elem, backwards, count)
+        covs = covs.to(E.dtype)
         if steady is not None:  # steps T-1-steady .. s all hold the steady value
             held = covs[:, steady : steady + 1].expand(-1, count - steady, -1, -1)
             covs = torch.cat([covs[:, : steady + 1], held], 1)
