@@ -83,9 +83,10 @@ def forecast(
     params: LGSSMParams,
     x_context: Tensor,
     horizon: int,
+    u_future: Tensor | None = None,
+    *,
     mask: Tensor | None = None,
     u: Tensor | None = None,
-    u_future: Tensor | None = None,
     method: str = "sequential",
 ) -> KalmanForecast:
     """Filter the context x_context (Bt, T, m), then predict ``horizon`` steps ahead.

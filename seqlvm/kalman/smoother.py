@@ -197,9 +197,10 @@ def sample_posterior(
     params: LGSSMParams,
     x: Tensor,
     mask: Tensor | None = None,
-    u: Tensor | None = None,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
+    *,
+    u: Tensor | None = None,
     method: str = "sequential",
 ) -> PosteriorSamples:
     """Joint draws from p(z_{0:T-1} | x) by forward-filtering backward-sampling.

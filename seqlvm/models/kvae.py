@@ -371,7 +371,7 @@ class KVAE(SequenceModel):
         if self.config.z_term == "exact":
             return kalman_filter(dyn.params, a, mask, u, method).log_likelihood
         if self.config.z_term == "joint_sample":
-            draw = sample_posterior(dyn.params, a, mask, u, num_samples=1, method=method)
+            draw = sample_posterior(dyn.params, a, mask, u=u, method=method)
             return self.joint_log_density(dyn.params, a, draw.samples[0], observed, u) - draw.log_prob[0]
         post = kalman_smoother(dyn.params, a, mask, u, method)
         L = safe_cholesky(post.covs)

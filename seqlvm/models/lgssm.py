@@ -290,7 +290,7 @@ class LGSSM(SequenceModel):
         if u_future is not None:
             u_future = u_future.to(x_context)
         params = self.params()
-        fc = kalman_forecast(params, x_context, horizon, mask, u, u_future, self.config.method)
+        fc = kalman_forecast(params, x_context, horizon, u_future, mask=mask, u=u, method=self.config.method)
         std = fc.obs_covs.diagonal(dim1=-2, dim2=-1).sqrt()
         samples = None
         if num_samples:

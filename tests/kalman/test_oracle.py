@@ -255,7 +255,7 @@ def test_posterior_samples_log_density_and_moments_match_dense_posterior() -> No
     mean = draws.samples.mean(0)
     se = dense.smooth_covs.diagonal(dim1=-2, dim2=-1).sqrt() / 4000**0.5
     assert torch.all((mean - dense.smooth_means).abs() < 5 * se)
-    again = sample_posterior(params, x, mask, num_samples=4000, generator=torch.Generator().manual_seed(0))
+    again = sample_posterior(params, x, mask, 4000, torch.Generator().manual_seed(0))  # the positional order
     assert torch.equal(again.samples, draws.samples)
 
 
@@ -291,9 +291,7 @@ def test_forecast_matches_dense_conditioning_on_the_context(k: int) -> None:
     observed = torch.ones(Bt, T + H, m, dtype=torch.bool)
     observed[:, T:] = False
     dense = dense_moments(params, x, observed, u)
-    fc = forecast(
-        params, x[:, :T], H, u=u[:, :T] if k else None, u_future=u[:, T:] if k else None
-    )
+    fc = forecast(params, x[:, :T], H, u[:, T:] if k else None, u=u[:, :T] if k else None)
     torch.testing.assert_close(fc.state_means, dense.means[:, T:], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(fc.state_covs, dense.covs[:, T:], atol=1e-10, rtol=1e-10)
     C, R = params.C[:, T:], params.R[:, T:]
