@@ -368,9 +368,10 @@ class LGSSM(SequenceModel):
         self,
         x: Tensor,
         mask: Tensor | None = None,
-        u: Tensor | None = None,
         num_iters: int = 50,
         learn: Sequence[str] = ("A", "C", "Q", "R", "m0", "P0"),
+        *,
+        u: Tensor | None = None,
         tol: float | None = None,
         callback: Callable[[int, float], None] | None = None,
     ) -> Tensor:

@@ -131,7 +131,7 @@ def test_em_log_likelihood_never_decreases(with_controls: bool) -> None:
     model.R = torch.tensor([[1.0, 0.4], [0.4, 1.0]], dtype=DT)
     u = torch.randn(4, 50, 1, dtype=DT) if with_controls else None
     learn = ("A", "C", "Q", "R", "m0", "P0") + (("B",) if with_controls else ())
-    lls = model.fit_em(x, u=u, num_iters=25, learn=learn)
+    lls = model.fit_em(x, None, 25, learn, u=u)  # the positional order of the issue
     gains = lls[1:] - lls[:-1]
     assert torch.all(gains >= -1e-8 * lls[1:].abs())
     assert lls[-1] > lls[0] + 50
