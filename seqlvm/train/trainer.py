@@ -295,9 +295,11 @@ class Trainer:
                 raise ValueError(f"elbo: term {name!r} must be a scalar, got shape {tuple(term.shape)}")
         local = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())]).double()
         values = distributed.all_mean(local, self.ctx).tolist()
-        for name, value in zip(names, values):
-            if not math.isfinite(value):
-                self._diverged(f"{'the loss' if name == 'loss' else f'ELBO term {name!r}'} is {value}")
+        bad = [f"ELBO term {name!r} is {v}" for name, v in zip(names[1:], values[1:]) if not math.isfinite(v)]
+        # The loss is built from the terms, so it goes bad with them: name the terms, and the loss
+        # only when no term did.
+        if bad or not math.isfinite(values[0]):
+            self._diverged(", ".join(bad) if bad else f"the loss is {values[0]}")
 
         # With no clipping the bound is inf: the scale factor clamps to exactly 1 and the call
         # only measures the (pre-clipping) global norm.

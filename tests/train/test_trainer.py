@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from seqlvm.models.base import ELBO
 from seqlvm.train import NonFiniteLossError, Trainer, load_checkpoint, load_model
 from seqlvm.train.config import TrainConfig
 from seqlvm.train.distributed import resolve_device
@@ -117,7 +118,8 @@ def test_refuses_to_overwrite_a_run(make_config, data):
 
 
 class ExplodingToy(ToyChains):
-    """Its log-likelihood term turns NaN on the fifth training step."""
+    """Its log-likelihood term turns NaN on the fifth training step, and with it the loss (as in
+    every real model, whose loss is built from its terms)."""
 
     calls = 0
 
@@ -125,7 +127,8 @@ class ExplodingToy(ToyChains):
         out = super().elbo(x, mask, u)
         self.calls += self.training
         if self.calls == 5:
-            out.terms["log_likelihood"] = out.terms["log_likelihood"] * float("nan")
+            nan = float("nan")
+            return ELBO(out.loss * nan, {**out.terms, "log_likelihood": out.terms["log_likelihood"] * nan})
         return out
 
 
