@@ -115,9 +115,12 @@ def test_model_commands_errors(tmp_path, trained_run):
     assert_user_error(invoke("info", tmp_path / "junk.pt"), "not a readable torch checkpoint")
 
 
-def test_verbose_shows_the_traceback(tmp_path):
-    result = invoke("--verbose", "train", "toy", "--data", tmp_path / "missing.h5")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_shows_the_traceback(tmp_path, where):
+    args = ["train", "toy", "--data", tmp_path / "missing.h5"]
+    result = invoke(*(["--verbose", *args] if where == "before" else [*args, "--verbose"]))
     assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
+    assert_user_error(invoke(*args), "missing.h5")  # and the flag does not stick to the next call
 
 
 def test_video_panels_gif_shows_every_step(tmp_path):
