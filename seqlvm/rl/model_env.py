@@ -12,7 +12,7 @@ import torch
 from seqlvm.envs.rollout import Episode, action_dim, encode_action, make_policy, rollout
 from seqlvm.models import SequenceModel
 from seqlvm.rl.spaces import check_observation_space, is_video, to_env, to_model
-from seqlvm.rl.tasks import Task, make_task
+from seqlvm.rl.tasks import RewardFn, Task, as_task
 from seqlvm.train.checkpoint import load_model
 
 __all__ = ["ModelEnv", "check_model_fits"]
@@ -41,23 +41,34 @@ def check_model_fits(model: SequenceModel, observation_space: gym.Space, action_
 class ModelEnv(gym.Env):
     """A learned simulator of a real environment, driven by a task.
 
-    ``reset`` rolls ``context_steps`` observations of the real env under its default policy (or
-    ``options["policy"]``, a :class:`seqlvm.envs.Policy`), draws the task's goal from them and
-    conditions the model on them (``rollout_start``, one particle); the reset observation is the
-    context's last one. ``step(action)`` encodes the action as ``seqlvm.envs.rollout`` does, advances
-    the model (``rollout_step``) and returns its decoded observation in the real env's format
-    (uint8 ``(H, W, C)`` for video, rounded and clipped), the task's reward of it, ``terminated``
-    False and ``truncated`` after ``task.budget`` steps. ``info`` holds the step's ``latent`` (L,)
-    and ``log_prob``.
+    ``reset`` conditions the model (``rollout_start``, one particle) on a context episode of T
+    observations: by default it rolls ``context_steps`` of them in the real env under its default
+    policy (or ``options["policy"]``, a :class:`seqlvm.envs.Policy`); ``options["context"]``, a
+    :class:`seqlvm.envs.Episode`, gives one instead (observations (T, *obs) in the real env's
+    format, actions (T, A) encoded as ``seqlvm.envs.rollout`` encodes them, ``actions[0]`` unused;
+    its length T >= 1 need not be ``context_steps``). The task's goal is drawn from the context and
+    the reset observation is the context's last one. ``step(action)`` encodes the action the same
+    way, advances the model (``rollout_step``) and returns its decoded observation in the real
+    env's format (uint8 ``(H, W, C)`` for video, rounded and clipped), the task's reward of it,
+    ``terminated`` False and ``truncated`` after ``task.budget`` steps. ``info`` holds the step's
+    ``latent`` (L,) and ``log_prob``.
 
-    All randomness comes from ``self.np_random``: the context's env and policy seeds, the goal,
-    and the seed ``rollout_seed`` of the torch generator the model draws from.
+    The reward of a step is ``task.reward(goal, x, l)[0, 0]`` with ``x`` the model's observation
+    (1, 1, *event) in the model's format (frames in [0, 1], before rounding) and ``l`` its latent
+    (1, 1, L); a plain function ``reward_fn(x, l) -> (N, H)`` given as ``task`` is wrapped as
+    ``RewardTask(reward_fn, env_id=env_id)`` (no goal, a budget of 20 steps; wrap it yourself for
+    another budget).
+
+    All randomness comes from ``self.np_random``: the rolled context's env and policy seeds (not
+    drawn when a context is given), the goal, and the seed ``rollout_seed`` of the torch generator
+    the model draws from.
 
     Args:
         model:         a model, or a checkpoint file or run folder (``seqlvm.train.load_model``).
         env_id:        the real environment, e.g. ``"seqlvm/BouncingBall-v0"``.
-        task:          a :class:`~seqlvm.rl.tasks.Task` or a task name (``"goto"``, ``"hold"``).
-        context_steps: observations of the context (>= 1).
+        task:          a :class:`~seqlvm.rl.tasks.Task`, a task name (``"goto"``, ``"hold"``) or a
+                       reward function of observations and latents (:data:`~seqlvm.rl.tasks.RewardFn`).
+        context_steps: observations of a rolled context (>= 1).
         env_kwargs:    keyword arguments of the real environment.
         noise:         draw the model's transitions (the default); ``False`` steps along its mean
                        path, a deterministic simulator.
@@ -69,14 +80,14 @@ class ModelEnv(gym.Env):
         self,
         model: SequenceModel | str | os.PathLike[str],
         env_id: str,
-        task: Task | str,
+        task: Task | str | RewardFn,
         context_steps: int = 10,
         env_kwargs: dict[str, Any] | None = None,
         noise: bool = True,
     ) -> None:
         if not isinstance(context_steps, int) or context_steps < 1:
             raise ValueError(f"context_steps: must be an int >= 1; got {context_steps!r}")
-        self.task = make_task(task) if isinstance(task, str) else task
+        self.task = as_task(task, env_id)
         self.model = model if isinstance(model, SequenceModel) else load_model(model)[0]
         self.real_env = gym.make(env_id, **(env_kwargs or {})).unwrapped
         check_model_fits(self.model, self.real_env.observation_space, self.real_env.action_space)
@@ -93,14 +104,20 @@ class ModelEnv(gym.Env):
         self._steps = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Roll a new context in the real env and condition the model on it."""
-        super().reset(seed=seed)
-        unknown = sorted(set(options or {}) - {"policy"})
+        """Condition the model on a context (``options["context"]``, else one rolled in the real env)."""
+        options = options or {}
+        unknown = sorted(set(options) - {"policy", "context"})
         if unknown:
-            raise ValueError(f"options: unknown key(s) {unknown}; expected only 'policy'")
-        policy = (options or {}).get("policy") or make_policy(self.real_env)
-        env_seed, policy_seed = (int(s) for s in self.np_random.integers(2**31, size=2))
-        self.context = rollout(self.real_env, policy, self.context_steps, env_seed, policy_seed)
+            raise ValueError(f"options: unknown key(s) {unknown}; expected some of ['context', 'policy']")
+        if options.get("context") is not None and options.get("policy") is not None:
+            raise ValueError("options: got both 'context' and 'policy'; a given context is not rolled, so expected only one")
+        context = None if options.get("context") is None else self._check_context(options["context"])
+        super().reset(seed=seed)
+        if context is None:
+            policy = options.get("policy") or make_policy(self.real_env)
+            env_seed, policy_seed = (int(s) for s in self.np_random.integers(2**31, size=2))
+            context = rollout(self.real_env, policy, self.context_steps, env_seed, policy_seed)
+        self.context = context
         self.goal = self.task.reset(self.context, self.np_random, self.model)
         self.rollout_seed = int(self.np_random.integers(2**62))
         self._generator.manual_seed(self.rollout_seed)
@@ -110,6 +127,37 @@ class ModelEnv(gym.Env):
             self._carry = self.model.rollout_start(x, u, num_particles=1, generator=self._generator, noise=self.noise)
         self._steps = 0
         return self.context.observations[-1].copy(), {"rollout_seed": self.rollout_seed}
+
+    def _check_context(self, context: Any) -> Episode:
+        """``options["context"]`` as an Episode of arrays, after checking it against the spaces:
+        observations (T >= 1, *obs), integers for an integer space, inside its bounds,
+        actions (T, control_dim) finite, states None or (T, S)."""
+        name = 'options["context"]'
+        if not isinstance(context, Episode):
+            raise ValueError(f"{name}: expected a seqlvm.envs.Episode(observations, actions, states); got {type(context).__name__}")
+        space = self.observation_space
+        observations = np.asarray(context.observations)
+        if observations.ndim != 1 + len(space.shape) or observations.shape[1:] != space.shape or len(observations) < 1:
+            raise ValueError(f"{name}: observations must have shape (T >= 1, {', '.join(map(str, space.shape))}), "
+                             f"one observation of the space {space} per step; got {observations.shape}")
+        integer = np.issubdtype(space.dtype, np.integer)
+        if not np.issubdtype(observations.dtype, np.integer if integer else np.number):
+            raise ValueError(f"{name}: observations must be {'integers' if integer else 'numbers'} as the real env returns "
+                             f"them ({space.dtype}); got {observations.dtype}")
+        if not (np.all(observations >= space.low) and np.all(observations <= space.high)):
+            raise ValueError(f"{name}: observations must lie in the observation space's bounds [{space.low.min()}, {space.high.max()}]; "
+                             f"got values in [{observations.min()}, {observations.max()}]")
+        T, A = len(observations), self.model.config.control_dim
+        actions = np.asarray(context.actions, dtype=np.float32)
+        if actions.shape != (T, A):
+            raise ValueError(f"{name}: actions must have shape (T, A) = ({T}, {A}), one encoded action per observation "
+                             f"(actions[0] unused); got {actions.shape}")
+        if not np.isfinite(actions).all():
+            raise ValueError(f"{name}: actions must be finite; got {int((~np.isfinite(actions)).sum())} non-finite entries")
+        states = None if context.states is None else np.asarray(context.states, dtype=np.float32)
+        if states is not None and (states.ndim != 2 or len(states) != T):
+            raise ValueError(f"{name}: states must be None or of shape (T, S) with T = {T}; got {states.shape}")
+        return Episode(observations, actions, states)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """One imagined step under ``action``."""

@@ -8,6 +8,9 @@ Two tasks with a measurable success:
 - :class:`HoldTask` (``seqlvm/BouncingBall-v0`` with pushes): bring the bouncing ball into a
   square region and keep it there.
 
+and :class:`RewardTask`, a user's reward function of observations and latents as a task (no goal,
+no success test).
+
 Observations handed to ``reward`` are in the model's format (frames ``(N, H, C, h, w)`` in
 [0, 1], :func:`seqlvm.rl.spaces.to_model`), whether a model imagined them or a copy of the real
 environment produced them.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,14 +28,17 @@ from torch import Tensor
 
 from seqlvm.envs.rollout import Episode
 
-__all__ = ["Task", "GotoTask", "GotoGoal", "HoldTask", "HoldGoal", "TASKS", "make_task"]
+__all__ = ["Task", "GotoTask", "GotoGoal", "HoldTask", "HoldGoal", "RewardFn", "RewardTask", "TASKS", "make_task", "as_task"]
 
 
+@runtime_checkable
 class Task(Protocol):
     """What a planner and an evaluation need from a task.
 
     env_id: the real environment the task is posed in.
     budget: steps the agent may take after the context (the episode length).
+
+    ``isinstance(obj, Task)`` checks only that these four members exist.
     """
 
     env_id: str
@@ -191,6 +197,55 @@ class HoldTask:
         return inside >= math.ceil(self.fraction * self.window)
 
 
+RewardFn = Callable[[Tensor, Tensor | None], Tensor]
+"""A user's reward: observations (N, H, *event) in the model's format and latents (N, H, L) or None
+-> rewards (N, H)."""
+
+
+@dataclass(frozen=True)
+class RewardTask:
+    """A reward function of observations and latents as a :class:`Task`, for a goal-free objective.
+
+    ``r_{n,h} = reward_fn(x, l)[n, h]`` for observations ``x`` (N, H, *event) in the model's format
+    and latents ``l`` (N, H, L) of the model that imagined them (None when a real simulator without
+    ``info["state"]`` produced the observations). The function must return a Tensor (N, H).
+
+    Goal: none (``reset`` returns None). Success: none either; ``success`` is always False, so a
+    success rate of :func:`~seqlvm.rl.run_episodes` means nothing for this task (compare returns
+    instead).
+
+    reward_fn: the reward, batched as above.
+    budget:    steps the agent may take after the context (the episode length), >= 1.
+    env_id:    the real environment the task is posed in ("" when not given; informational only).
+    """
+
+    reward_fn: RewardFn
+    budget: int = 20
+    env_id: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_fn, type) or not callable(self.reward_fn):
+            raise ValueError(f"RewardTask: reward_fn must be a function (observations, latents) -> rewards (N, H); got {self.reward_fn!r}")
+        if not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < 1:
+            raise ValueError(f"RewardTask: budget must be an int >= 1; got {self.budget!r}")
+
+    def reset(self, context: Episode, rng: np.random.Generator, model: Any = None) -> None:
+        """No goal: the reward function is the whole task."""
+
+    def reward(self, goal: None, observations: Tensor, latents: Tensor | None = None) -> Tensor:
+        """``reward_fn(observations, latents)``, checked to be a Tensor (N, H)."""
+        reward = self.reward_fn(observations, latents)
+        want = tuple(observations.shape[:2])
+        if not isinstance(reward, Tensor) or tuple(reward.shape) != want:
+            got = tuple(reward.shape) if isinstance(reward, Tensor) else type(reward).__name__
+            raise ValueError(f"reward_fn: must return a Tensor (N, H) = {want}, one reward per step; got {got}")
+        return reward
+
+    def success(self, goal: None, infos: Sequence[dict[str, Any]]) -> bool:
+        """Always False: a reward function alone defines no success."""
+        return False
+
+
 TASKS: dict[str, type] = {"goto": GotoTask, "hold": HoldTask}
 
 
@@ -199,3 +254,16 @@ def make_task(name: str, **kwargs: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"task: unknown name {name!r}; expected one of {sorted(TASKS)}")
     return TASKS[name](**kwargs)
+
+
+def as_task(task: Task | str | RewardFn, env_id: str = "") -> Task:
+    """``task`` itself when it is a :class:`Task` instance, the task of that name (:func:`make_task`)
+    for a string, or a reward function (:data:`RewardFn`) wrapped as ``RewardTask(task, env_id=env_id)``."""
+    if isinstance(task, str):
+        return make_task(task)
+    if isinstance(task, Task) and not isinstance(task, type):
+        return task
+    if callable(task) and not isinstance(task, type):
+        return RewardTask(task, env_id=env_id)
+    raise ValueError(f"task: expected a Task instance, a task name {sorted(TASKS)} or a reward function "
+                     f"(observations, latents) -> rewards (N, H); got {task!r}")

@@ -1,15 +1,21 @@
 """Tasks: goals drawn from the context, rewards against hand-computed values, the success rules
-on hand-made infos, and a real MPC episode through run_episode."""
+on hand-made infos, a user's reward function scoring both rollout functions, and a real MPC
+episode through run_episode."""
 
 from __future__ import annotations
 
+import copy
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from seqlvm.envs import Episode, make_policy, rollout
-from seqlvm.rl import CEMPlanner, GotoTask, HoldTask, PlanningAgent, RandomAgent, make_task, run_episode
+from seqlvm.rl import (
+    CEMPlanner, GotoTask, HoldTask, PlanningAgent, RandomAgent, RewardTask, env_rollout, imagine, make_task, model_rollout,
+    run_episode,
+)
+from seqlvm.rl.spaces import to_model
 
 
 def nav_context(steps: int = 12, seed: int = 0) -> Episode:
@@ -91,6 +97,32 @@ def test_hold_success_counts_the_last_window():
         HoldTask(budget=5, window=6)
     with pytest.raises(ValueError, match="task: unknown name 'fly'"):
         make_task("fly")
+
+
+def test_a_reward_task_scores_model_and_simulator_rollouts(ball_kvae):
+    """The user's function gets the model's frames and latents, or the real frames and
+    ``info["state"]``, and its (N, H) values are the rollout's rewards."""
+    def reward_fn(observations, latents):
+        return latents[..., 0] - observations.flatten(2).mean(-1)
+
+    task = RewardTask(reward_fn, budget=4, env_id="seqlvm/BouncingBall-v0")
+    env = gym.make(task.env_id).unwrapped
+    context = rollout(env, make_policy(env), 3, 0, 1)
+    assert task.reset(context, np.random.default_rng(0)) is None and not task.success(None, [{}] * 4)
+    actions = torch.tensor([[[1.0, 0.0], [0.0, -1.0]], [[-1.0, 1.0], [0.5, 0.5]]])  # (J, H, A) = (2, 2, 2)
+    x = to_model(env.observation_space, context.observations)[None]
+    u = torch.as_tensor(context.actions)[None]
+    im = imagine(ball_kvae, x, actions, u_context=u, noise=False)
+    expected = im.latents[:, 0, :, 0] - im.observations[:, 0].flatten(2).mean(-1)
+    torch.testing.assert_close(model_rollout(ball_kvae, task, None, x, u)(actions), expected)
+    sim = copy.deepcopy(env)
+    steps = [sim.step(a) for a in actions[1].numpy()]
+    true = [step[4]["state"][0] - step[0].mean() / 255.0 for step in steps]
+    np.testing.assert_allclose(env_rollout(env, task, None)(actions)[1].numpy(), true, rtol=1e-5)
+    with pytest.raises(ValueError, match="RewardTask: budget must be an int >= 1; got 0"):
+        RewardTask(reward_fn, budget=0)
+    with pytest.raises(ValueError, match="RewardTask: reward_fn must be a function"):
+        RewardTask("brightness")
 
 
 def test_planning_with_the_true_simulator_beats_random_on_hold():
