@@ -13,7 +13,7 @@ from seqlvm.train import NonFiniteLossError, Trainer, load_checkpoint
 from seqlvm.train.checkpoint import check_run_dir
 from seqlvm.train.config import TrainConfig
 from seqlvm.train.distributed import launch
-from seqlvm.train.run import prepare
+from seqlvm.train.run import default_config, prepare
 
 
 def resolve_config(
@@ -24,15 +24,17 @@ def resolve_config(
     resume: bool,
     assignments: list[str],
 ) -> TrainConfig:
-    """The run's config: the TOML file, else (when resuming) the run's own saved config, else the
-    defaults; then MODEL, --data, --out and the --set assignments on top."""
+    """The run's config: the TOML file (its keys over ``TrainConfig()``'s defaults), else (when
+    resuming) the run's own saved config, else the model's defaults (``default_config``: its
+    training recipe, e.g. KVAE's reference recipe, over ``TrainConfig()``); then MODEL, --data,
+    --out and the --set assignments on top, so --set wins over all of them."""
     if config_file is not None:
         base = TrainConfig.from_toml(config_file)
     elif resume:
         run_dir = out if out is not None else TrainConfig(model=model).run_dir
         base = TrainConfig.from_dict(load_checkpoint(run_dir / "ckpt" / "last.pt")["train_config"])
     else:
-        base = TrainConfig()
+        base = default_config(model)
     changes: dict[str, object] = {"model": model}
     if data:
         changes["data"] = [str(path) for path in data]
@@ -45,7 +47,7 @@ def resolve_config(
 def train(
     model: str = typer.Argument(..., help="Registered model name, e.g. lgssm."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="HDF5 data file (repeat for several)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig options."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig options (its keys over the generic defaults); without it the model's own recipe (e.g. KVAE's reference recipe) is the default."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/MODEL)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from ckpt/last.pt."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (torchrun, DDP)."),

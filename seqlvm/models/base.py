@@ -176,6 +176,23 @@ def gaussian_step(
     return mean.repeat(num_samples, 1), mean.new_zeros(num_samples * mean.shape[0])
 
 
+def check_future_controls_type(u_future: object, fn: str) -> None:
+    """``forecast``'s ``u_future`` must be None or a Tensor (B, H, k), the controls of the horizon.
+
+    Run first in ``forecast``, so that a count given in its place, as in ``forecast(x, 3, 5)``
+    (the protocol's third argument is u_future, not num_samples), gets this message rather
+    than a misleading one about control_dim or shapes.
+    """
+    if u_future is None or isinstance(u_future, Tensor):
+        return
+    got = repr(u_future) if isinstance(u_future, (bool, int, float)) else type(u_future).__name__
+    raise ValueError(
+        f"{fn}: u_future must be None or a tensor of shape (B, H, k), the controls of the horizon; "
+        f"got {got}. The third argument of forecast is u_future: pass num_samples by keyword, "
+        "forecast(x_context, horizon, num_samples=S)"
+    )
+
+
 def check_step_controls(u: Tensor | None, rows: int, control_dim: int, like: Tensor, fn: str) -> Tensor | None:
     """The action u of one ``rollout_step``: (rows, control_dim) when the model has controls, else
     None; returned in the dtype and device of ``like``."""

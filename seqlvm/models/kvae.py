@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +53,8 @@ from seqlvm.kalman import (
 )
 from seqlvm.kalman.linalg import matvec, safe_cholesky, sample_gaussian, sym
 from seqlvm.models.base import (
-    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
-    gaussian_step,
+    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_future_controls_type, check_num_particles,
+    check_step_controls, gaussian_step,
 )
 from seqlvm.nn import FrameDecoder, FrameEncoder, GaussianHead, check_frame_shape
 
@@ -218,6 +218,29 @@ class KVAE(SequenceModel):
     """
 
     config_class = KVAEConfig
+
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "batch_size": 32,
+        "epochs": 80,
+        "optimizer": "adam",
+        "lr": 0.007,
+        "lr_schedule": "step",
+        "lr_step_epochs": 20,
+        "lr_step_factor": 0.85,
+        "grad_clip": 150.0,
+        "freeze": {"alpha_net.*": 10},
+        "kl_warmup_steps": 500,
+        "kl_weight_start": 0.0,
+    }
+    """The reference training recipe (models.md §2.5) as ``TrainConfig`` fields: the defaults of
+    ``seqlvm train kvae`` without ``--config`` (``seqlvm.train.run.default_config``; ``--set``
+    still overrides any of them). Adam at lr 0.007, x0.85 every 20 epochs (a staircase), batch 32,
+    80 epochs, global gradient-norm clip 150, the alpha-LSTM frozen for epochs 0-9 (so a model
+    with ``num_mixtures = 1``, which has no alpha-LSTM, needs ``--set 'freeze={}'``). lambda = 0.3
+    in training and 1 at test is ``KVAEConfig.recon_weight``'s default. Ours, not the reference's:
+    the KL weight rises from 0 to 1 over the first 500 steps, without which our runs collapsed
+    in the first epoch (docs/kvae.md). configs/kvae_box.toml repeats these values (a test keeps
+    the two equal) and adds the box data's protocol."""
 
     def __init__(self, config: KVAEConfig) -> None:
         super().__init__(config)
@@ -603,12 +626,31 @@ class KVAE(SequenceModel):
     ) -> Forecast:
         """Predict ``horizon`` frames after x_context (B, T, C, H, W).
 
-        ``mean`` / ``probs`` (B, H, C, H, W): decoded deterministic rollout from the last filtered
-        mean ``m_{T-1|T-1}`` without noise (the reference's generation). ``samples``
-        (S, B, H, C, H, W), when num_samples = S > 0: decoder means along S stochastic paths
-        started from ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` with Q and R noise.
-        u_future (B, H, k) drives the horizon when the model has controls.
+        ``mean`` (B, H, C, H, W): the decoded deterministic rollout ``g(a^_h)``, ``g`` = the decoder
+        mean ``E[x | a]``, from the last filtered mean ``m_{T-1|T-1}`` without noise (the
+        reference's generation). ``samples`` (S, B, H, C, H, W), when num_samples = S > 0: decoder
+        means ``g(a_h^s)`` along S stochastic paths started from
+        ``z_{T-1} ~ N(m_{T-1|T-1}, P_{T-1|T-1})`` with Q and R noise (pixel noise not added).
+        u_future (B, H, k) drives the horizon when the model has controls; it is the third
+        argument, so a sample count goes by keyword (``forecast(x, 3, num_samples=5)``).
+
+        Bernoulli decoder: ``probs`` = ``mean`` (the pixel probabilities of the mean path) and
+        ``std`` None: the pixels are binary, ask for samples to get quantiles.
+
+        Gaussian decoder, ``p(x | a) = N(g(a), v I)`` with v = ``pixel_variance``: ``std``
+        (B, H, C, H, W) is the predictive standard deviation of each pixel by the law of total
+        variance, ``Var[x_h] = E[Var[x_h | a_h]] + Var[E[x_h | a_h]] = v + Var[g(a_h)]``:
+
+        - S > 0: ``std = sqrt(v + (1/S) sum_s (g(a_h^s) - gbar_h)^2)``, gbar_h the mean of the
+          samples (the spread is measured about the samples' mean, not about ``mean``);
+        - S = 0: no draws of the code, so ``Var[g(a_h)]`` is unknown and left out:
+          ``std = sqrt(v)``, the decoder's noise around the mean path, a lower bound of the
+          predictive std that does not grow with h (ask for samples to include the code's spread).
+
+        ``quantile`` uses the samples when there are any (quantiles of ``g(a_h)``, without the
+        pixel noise), else ``mean + z_q std``.
         """
+        check_future_controls_type(u_future, "KVAE.forecast")
         if not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"KVAE.forecast: horizon must be an int >= 1; got {horizon!r}")
         if not isinstance(num_samples, int) or num_samples < 0:
@@ -629,7 +671,9 @@ class KVAE(SequenceModel):
             samples = self.frame_means(codes_s).view(S, B, *mean.shape[1:])
         if self.config.decoder == "bernoulli":
             return Forecast(mean=mean, samples=samples, probs=mean)
-        return Forecast(mean=mean, samples=samples)
+        spread = torch.zeros_like(mean) if samples is None else samples.var(0, unbiased=False)
+        std = (spread + self.config.pixel_variance).sqrt()
+        return Forecast(mean=mean, std=std, samples=samples)
 
     def _future_controls(self, u: Tensor | None, batch: int, steps: int, fn: str) -> Tensor | None:
         k = self.config.control_dim

@@ -29,8 +29,8 @@ from seqlvm.kalman import (
 )
 from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
 from seqlvm.models.base import (
-    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
-    gaussian_step,
+    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_future_controls_type, check_num_particles,
+    check_step_controls, gaussian_step,
 )
 
 PARAMETERS = ("A", "B", "C", "Q", "R", "m0", "P0")
@@ -286,6 +286,7 @@ class LGSSM(SequenceModel):
         joint sample paths when ``num_samples`` = S > 0. u (B, T, k) drives the context and
         u_future (B, H, k) the future when the model has controls.
         """
+        check_future_controls_type(u_future, "LGSSM.forecast")
         x_context, mask, u = self._inputs(x_context, mask, u, "forecast")
         if u_future is not None:
             u_future = u_future.to(x_context)

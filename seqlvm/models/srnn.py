@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlvm.models.base import (
-    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
+    ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_future_controls_type, check_num_particles,
+    check_step_controls,
 )
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -704,7 +705,11 @@ class SRNN(SequenceModel):
         ``x_t ~ p(x_t | z_t, d_t)``, with ``u_t = x_{t-1}`` (the drawn frames) or u_future
         (B, H, k) for a model with inputs. Returns samples (S, B, H, D), their mean and std
         (B, H, D), and for Bernoulli data probs (B, H, D), the predictive probability of each entry.
+
+        The argument order is the protocol's: ``forecast(x, 3, 5)`` gives u_future = 5 and is
+        refused by name; pass the count by keyword, ``forecast(x, 3, num_samples=5)``.
         """
+        check_future_controls_type(u_future, "SRNN.forecast")
         self._check_count(horizon, "horizon", "forecast")
         self._check_count(num_samples, "num_samples", "forecast")
         if not isinstance(x_context, Tensor) or x_context.dim() != 3:

@@ -7,6 +7,7 @@ worker entry point (``python -m seqlvm.train CONFIG.toml``) both go through here
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,24 @@ from seqlvm.train.schedule import check_freeze_patterns
 from seqlvm.train.trainer import Trainer, TrainResult, seed_everything
 
 DATA_FIELDS = ("obs_dim", "obs_shape", "control_dim")
+
+
+def default_config(model_name: str) -> TrainConfig:
+    """The config of a run given no config file: ``TrainConfig()`` with the model's training
+    recipe on top, then ``model = model_name``.
+
+    The recipe is the model class's ``train_defaults``, a dict of ``TrainConfig`` fields (absent
+    or empty: the generic defaults), e.g. ``KVAE.train_defaults``: the reference's Adam 0.007,
+    x0.85 every 20 epochs, batch 32, 80 epochs, clip 150, alpha-LSTM frozen for 10 epochs. This
+    is the one place a model's recipe becomes a config; a TOML file, by contrast, sets its keys on
+    top of ``TrainConfig()`` alone, so a file means the same whatever the model's defaults.
+    """
+    model_class = get_model_class(model_name)
+    recipe = copy.deepcopy(dict(getattr(model_class, "train_defaults", None) or {}))
+    try:
+        return TrainConfig.from_dict({**TrainConfig().to_dict(), **recipe, "model": model_name})
+    except (TypeError, ValueError) as err:  # a bad recipe is a bug of the model class: name it
+        raise type(err)(f"{model_class.__name__}.train_defaults: {err}") from None
 
 
 def data_dims(data: Dataset) -> dict[str, Any]:

@@ -211,6 +211,78 @@ def test_forecast_sample_and_log_likelihood_shapes():
     assert ll.shape == (2,) and bool(torch.isfinite(ll).all())
 
 
+def test_gaussian_forecast_std_without_samples_is_the_decoder_noise():
+    """S = 0: std = sqrt(v) on every pixel, so quantiles come from N(mean, v); the Bernoulli
+    decoder keeps probs = mean and no std."""
+    model = tiny(decoder="gaussian", pixel_variance=0.05).eval()
+    x = torch.rand(2, 5, 1, 8, 8)
+    with torch.no_grad():
+        fc = model.forecast(x, 3)
+    assert fc.probs is None and fc.samples is None
+    torch.testing.assert_close(fc.std, torch.full_like(fc.mean, math.sqrt(0.05)))
+    z90 = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.9))
+    torch.testing.assert_close(fc.quantile(0.9), fc.mean + z90 * math.sqrt(0.05))
+    with torch.no_grad():
+        binary = tiny().eval().forecast(moving_dots(2, 5), 3)
+    assert binary.std is None and binary.probs is binary.mean
+
+
+def test_gaussian_forecast_std_with_samples_is_the_law_of_total_variance():
+    """S > 0: std^2 = v + (1/S) sum_s (g(a^s) - gbar)^2 (by hand from the returned samples), and
+    it matches the spread of pixel draws x = g(a) + sqrt(v) eps along paths drawn independently
+    through the simulator protocol (Monte Carlo)."""
+    v = 2e-3  # small, and codes that move the decoded frames: the spread of g(a) dominates
+    model = tiny(decoder="gaussian", pixel_variance=v, init_kf_std=2.0).eval()
+    x = torch.rand(2, 4, 1, 8, 8)
+    S, H = 3000, 2
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+        fc = model.forecast(x, H, num_samples=S, generator=torch.Generator().manual_seed(0))
+        by_hand = (v + ((fc.samples - fc.samples.mean(0)) ** 2).mean(0)).sqrt()
+        torch.testing.assert_close(fc.std, by_hand)
+        assert float((fc.std**2 / v).mean()) > 2.0  # the code's spread is really in it
+
+        g = torch.Generator().manual_seed(1)
+        carry = model.rollout_start(x, num_particles=S, generator=g)
+        draws = []
+        for _ in range(H):
+            carry, step = model.rollout_step(carry, None, generator=g)
+            eps = torch.randn(step.observation.shape, generator=g)
+            draws.append(step.observation + math.sqrt(v) * eps)
+        pixels = torch.stack(draws, 1).view(S, 2, H, 1, 8, 8)
+    mc_var = pixels.var(0)
+    # pooled over the 256 pixels, the Monte-Carlo variance agrees to well within 2%...
+    assert abs(float(mc_var.sum() / (fc.std**2).sum()) - 1.0) < 0.02
+    # ...and pixel by pixel within the error of two 3000-draw variance estimates
+    torch.testing.assert_close(mc_var.sqrt(), fc.std, rtol=0.1, atol=1e-3)
+
+
+def test_forecast_refuses_a_count_in_place_of_u_future():
+    model = tiny().eval()
+    with pytest.raises(ValueError, match=r"u_future must be None or a tensor of shape \(B, H, k\).*got 5.*num_samples="):
+        model.forecast(moving_dots(1, 4), 3, 5)
+
+
+def test_box_recipe_file_repeats_the_model_default_recipe():
+    """KVAE.train_defaults is the recipe; configs/kvae_box.toml, read over the generic defaults,
+    must carry the same values, and `seqlvm train kvae` without a file resolves to them."""
+    from pathlib import Path
+
+    from seqlvm.train import TrainConfig
+    from seqlvm.train.run import default_config
+
+    recipe = TrainConfig.from_toml(Path(__file__).parents[2] / "configs" / "kvae_box.toml")
+    defaults = default_config("kvae")
+    for key, value in KVAE.train_defaults.items():
+        assert getattr(recipe, key) == value == getattr(defaults, key), key
+    assert (defaults.lr, defaults.lr_schedule, defaults.lr_step_epochs, defaults.lr_step_factor) == (0.007, "step", 20, 0.85)
+    assert (defaults.batch_size, defaults.epochs, defaults.grad_clip, defaults.freeze) == (32, 80, 150.0, {"alpha_net.*": 10})
+    assert KVAEConfig().recon_weight == recipe.model_config["recon_weight"] == 0.3
+    defaults.freeze["alpha_net.*"] = 1  # a run's config is a copy: the class's recipe stays put
+    assert KVAE.train_defaults["freeze"] == {"alpha_net.*": 10}
+
+
 def test_forecast_continues_the_alpha_lstm_from_the_context():
     """A forecast of h steps equals the imputation of h missing frames appended to the context,
     up to the smoothing: with filtering both are the open-loop prediction."""

@@ -245,6 +245,8 @@ def test_bad_inputs_name_the_argument() -> None:
         model.elbo(torch.zeros(4, 5, 2))
     with pytest.raises(ValueError, match="learn has unknown names"):
         model.fit_em(torch.zeros(4, 5, 2), u=torch.zeros(4, 5, 1), learn=("A", "D"))
+    with pytest.raises(ValueError, match=r"LGSSM.forecast: u_future must be None or a tensor.*got 5.*num_samples="):
+        model.forecast(torch.zeros(4, 5, 2), 3, 5)
     with pytest.raises(ValueError, match="state_dim must be an int >= 1"):
         LGSSMConfig(state_dim=0)
     with pytest.raises(ValueError, match="trainable has unknown names"):

@@ -297,6 +297,18 @@ def test_model_with_inputs_needs_them():
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
+def test_forecast_takes_the_protocol_order_and_refuses_a_count_as_u_future():
+    """forecast(x_context, horizon, u_future=None, num_samples=...): the issue's
+    ``forecast(x, horizon, num_samples)`` read positionally puts the count in u_future; that is
+    refused by name for models with and without inputs, and the keyword call works."""
+    x = binary(2, 4)
+    for m in (model(), model(control_dim=2)):
+        with pytest.raises(ValueError, match=r"u_future must be None or a tensor of shape \(B, H, k\).*got 5.*num_samples="):
+            m.forecast(x, 3, 5)
+    fc = model().forecast(x, 3, num_samples=5, generator=gen())
+    assert fc.samples.shape == (5, 2, 3, 5)
+
+
 def test_bad_inputs_raise_value_errors_naming_the_argument():
     m = model()
     x = binary(2, 4)
