@@ -30,8 +30,20 @@ path is the transition prior itself (no KL for s); the states are only identifia
 map (compare them with true positions by a Procrustes fit, never for equality).
 
 Shapes: frames ``x (B, T, C, H, W)`` in [0, 1], actions ``u (B, T, control_dim)``, step mask
-``(B, T)`` (True = observed; a missing memorised frame is not written, a missing predicted frame
-adds nothing).
+``(B, T)`` (True = observed; a frame holding any NaN is missing too; a missing memorised frame is
+not written, a missing predicted frame adds nothing).
+
+Posteriors (:meth:`GTMSM.filter`, :meth:`GTMSM.smooth`): the inference network is per frame,
+q(z_t | x_t), and the states follow from the actions alone, so on every observed step filtering and
+smoothing give the same posterior, q(z_t | x_t) and the noise-free s_t. They differ only on missing
+frames, which have no encoder posterior: there they return the moments of the memory prior at s_t
+built from the observed frames before t (filter) or from all of them (smooth), as :meth:`GTMSM.impute`
+does for frames.
+
+Predictive moments of frames (:meth:`GTMSM.forecast`, :meth:`GTMSM.impute`): the mean sum_k w_k
+decoder(mu^(k)) takes each component's code at its mean, so the predictive distribution it is the
+mean of is the mixture ``sum_k w_k N(x; decoder(mu^(k)), pixel_variance · I)``; its per-pixel std is
+``sqrt(pixel_variance + sum_k w_k (decoder(mu^(k)) − mean)²)`` (see :meth:`GTMSM.forecast`).
 
 Optional curriculum helper (models.md §5.5, off by default): ``grid_penalty > 0`` adds
 ``grid_penalty · [ (m_a·m_b)² + sum_i (||m_i|| − grid_step)² ]`` to the loss, where ``m_i`` are the
@@ -55,7 +67,7 @@ from seqlvm.models.base import (
     ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_num_particles, check_step_controls,
 )
 
-__all__ = ["GTMSM", "GTMSMConfig", "GTMSMSamples"]
+__all__ = ["GTMSM", "GTMSMConfig", "GTMSMPosterior", "GTMSMSamples"]
 
 VALUE_TYPES = ("posterior_params", "sample")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -175,6 +187,29 @@ class GTMSMSamples(NamedTuple):
     observations: Tensor
 
 
+class GTMSMPosterior(NamedTuple):
+    """The posterior over the latents of every step (:meth:`GTMSM.filter` / :meth:`GTMSM.smooth`).
+
+    mean:     (B, T, z_dim) mean of z_t: mu_t of q(z_t | x_t) on observed steps; on missing steps
+              the mean sum_k w_k mu^(k) of the memory prior p(z_t | s_t, m) (0 when the memory
+              is empty).
+    std:      (B, T, z_dim) its standard deviation: sigma_t of q(z_t | x_t) on observed steps; on
+              missing steps that of the memory prior, sqrt(sum_k w_k (v_k + (mu^(k) − mean)²)),
+              with v_k = sigma^(k)² (``"posterior_params"``) or sigma^(k)² + value_std²
+              (``"sample"``: the stored draw z^(k) ~ q averaged out); 1 when the memory is empty
+              (the VAE's reference prior N(0, I), as :meth:`GTMSM.sample` uses).
+    states:   (B, T, state_dim) the noise-free agent states s_t of the actions (:meth:`GTMSM.infer_states`);
+              the state posterior is the transition prior p*(s_t) (models.md §5.1), centred on them.
+    observed: (B, T) bool, True where ``mean`` and ``std`` are the encoder's q(z_t | x_t), False
+              where the frame was missing and they are the memory prior's moments.
+    """
+
+    mean: Tensor
+    std: Tensor
+    states: Tensor
+    observed: Tensor
+
+
 class _Memory(NamedTuple):
     """One memory per sequence: keys (B, N, state_dim), values (B, N, v), occupied (B, N) bool."""
 
@@ -244,7 +279,8 @@ class GTMSM(SequenceModel):
         model = GTMSM(cfg)
         out = model.elbo(x, u=u)              # x (B, 288, 3, 8, 8), u (B, 288, 5) one-hot
         fc = model.forecast(x[:, :256], 32, u_future=u_next, u=u[:, :256])
-        states = model.infer_states(u)        # (B, T, 2): the learned map of the walk
+        post = model.smooth(x, u=u)           # GTMSMPosterior: q(z_t | x_t) moments and states s_t
+        states = model.infer_states(u)        # (B, T, 2): the learned map of the walk (actions u)
     """
 
     config_class = GTMSMConfig
@@ -302,9 +338,11 @@ class GTMSM(SequenceModel):
         return mask.to(device=device, dtype=torch.bool)
 
     def _inputs(self, x: object, mask: object, u: object, fn: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Checked frames (missing ones zeroed), step mask (B, T) and actions. A frame is missing
+        where the mask says so or where it holds any NaN (the library's convention)."""
         x = self._check_frames(x, fn)
         B, T = x.shape[:2]
-        mask = self._check_mask(mask, B, T, fn)
+        mask = self._check_mask(mask, B, T, fn) & ~torch.isnan(x).flatten(2).any(-1)
         # Missing frames may hold anything (NaN included); they must reach no output or gradient.
         x = torch.where(mask[:, :, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         return x, mask, self._check_actions(u, B, T, fn)
@@ -352,14 +390,17 @@ class GTMSM(SequenceModel):
             states.append(s)
         return torch.stack(states, 1)
 
-    def infer_states(self, u: Tensor) -> Tensor:
-        """The learned states (B, T, state_dim) of an action sequence u (B, T, control_dim) from
-        s_0 = 0 (noise-free): the model's map of where the agent has been."""
-        if not isinstance(u, Tensor) or u.dim() != 3:
-            got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
-            raise ValueError(f"GTMSM.infer_states: u must have shape (B, T, {self.config.control_dim}); got {got}")
-        u = self._check_actions(u, u.shape[0], u.shape[1], "infer_states")
-        return self._state_path(u)
+    def infer_states(self, actions: Tensor) -> Tensor:
+        """The learned states (B, T, state_dim) of an action sequence ``actions`` (B, T, control_dim)
+        from s_0 = 0 (noise-free): the model's map of where the agent has been. As everywhere,
+        ``actions[:, t]`` is the action that led into step t, so ``actions[:, 0]`` is unused."""
+        if not isinstance(actions, Tensor) or actions.dim() != 3:
+            got = tuple(actions.shape) if isinstance(actions, Tensor) else type(actions).__name__
+            raise ValueError(
+                f"GTMSM.infer_states: actions must have shape (B, T, {self.config.control_dim}); got {got}"
+            )
+        actions = self._check_actions(actions, actions.shape[0], actions.shape[1], "infer_states", "actions")
+        return self._state_path(actions)
 
     def _values(self, mean: Tensor, log_std: Tensor, generator: torch.Generator | None, noise: bool = True) -> Tensor:
         """Memory values of frames with q(z|x) = N(mean, exp(log_std)²): (..., 2 z_dim) for
@@ -412,19 +453,67 @@ class GTMSM(SequenceModel):
         """decoder(mu) of memory values (B, N, v), (B, N, C, H, W): the frames a mixture mean averages."""
         return self.decode(self._components(values)[0])
 
+    def _neighbour_frames(self, look: DNDLookup, memory_frames: Tensor) -> Tensor:
+        """decoder(mu^(k)) of every looked-up neighbour, (B, Q, K, C, H, W), gathered from
+        ``memory_frames`` (:meth:`_memory_frames` of the looked-up memory's values), so N decodes
+        serve all Q·K neighbours. Padding gets slot 0's frame; its weight is 0."""
+        B, Q, K = look.indices.shape
+        slots = look.indices.clamp_min(0).view(B, Q * K)
+        decoded = memory_frames[torch.arange(B, device=slots.device)[:, None], slots]
+        return decoded.view(B, Q, K, *memory_frames.shape[2:])
+
     def _mixture_mean(self, look: DNDLookup, memory_frames: Tensor) -> Tensor:
         """sum_k w_k decoder(mu^(k)): the predicted frame (B, Q, C, H, W) averaged over which memory
         the query falls on, each component's code at its mean (decoder(0), the reference prior's
-        mean code, where the memory is empty). The components' frames are gathered from
-        ``memory_frames`` (:meth:`_memory_frames` of the looked-up memory's values), so N decodes
-        serve all Q·K neighbours."""
-        B, Q, K = look.indices.shape
-        slots = look.indices.clamp_min(0).view(B, Q * K)  # padding (-1) has weight 0
-        decoded = memory_frames[torch.arange(B, device=slots.device)[:, None], slots]
-        decoded = decoded.view(B, Q, K, *memory_frames.shape[2:])
-        frames = (look.weights[..., None, None, None] * decoded).sum(2)
+        mean code, where the memory is empty)."""
+        return self._mixture_moments(look, memory_frames, with_std=False)[0]
+
+    def _mixture_moments(
+        self, look: DNDLookup, memory_frames: Tensor, with_std: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Mean and per-pixel std (B, Q, C, H, W) of p(x | s, m) = sum_k w_k N(x; d_k, pixel_variance · I)
+        with d_k = decoder(mu^(k)): mean = sum_k w_k d_k, var = pixel_variance + sum_k w_k (d_k − mean)².
+        Where the memory is empty: decoder(0) and sqrt(pixel_variance). The std is None unless
+        ``with_std`` (the planner's mean path needs only the mean)."""
+        decoded = self._neighbour_frames(look, memory_frames)
+        w = look.weights[..., None, None, None]
+        frames = (w * decoded).sum(2)
         empty = (look.weights.sum(-1) == 0)[..., None, None, None]
-        return torch.where(empty, self.decode(frames.new_zeros(self.config.z_dim)), frames)
+        mean = torch.where(empty, self.decode(frames.new_zeros(self.config.z_dim)), frames)
+        if not with_std:
+            return mean, None
+        spread = (w * (decoded - frames.unsqueeze(2)).square()).sum(2)  # 0 where the memory is empty
+        return mean, (spread + self.config.pixel_variance).sqrt()
+
+    def _code_moments(self, look: DNDLookup) -> tuple[Tensor, Tensor]:
+        """Mean and std (B, Q, z_dim) of the memory prior p(z | s, m) of a lookup whose values are
+        (mu, log sigma) of q: mean = sum_k w_k mu^(k), var = sum_k w_k (v_k + (mu^(k) − mean)²) with
+        v_k = sigma^(k)², plus value_std² for ``"sample"`` values (their draw z^(k) ~ q averaged
+        out). An empty memory gives the reference prior's 0 and 1."""
+        mu, log_std = look.values.chunk(2, -1)  # padding: 0 and 0, with weight 0
+        var = (2.0 * log_std).exp()
+        if self.config.value_type == "sample":
+            var = var + self.config.value_std**2
+        w = look.weights[..., None]
+        mean = (w * mu).sum(-2)
+        var = (w * (var + (mu - mean.unsqueeze(-2)).square())).sum(-2)
+        empty = look.weights.sum(-1, keepdim=True) == 0
+        # Replace before the sqrt: sqrt(0) would send NaN gradients through the unused branch.
+        return mean, torch.where(empty, torch.ones_like(var), var).sqrt()
+
+    def _step_lookup(self, states: Tensor, values: Tensor, mask: Tensor, method: str) -> DNDLookup:
+        """Look up every step's state s_t (B, T, S) in the memory of the observed frames (values
+        (B, T, v), step mask (B, T)): all of them (``"smooth"``) or those strictly before t
+        (``"filter"``, one dictionary per step). Returns a lookup (B, T, K) whose indices are slots
+        of the sequence's T values."""
+        B, T = mask.shape
+        if method == "smooth":
+            return self._lookup(_Memory(states, values, mask), states)
+        before = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril(-1)
+        occupied = (mask[:, None, :] & before).reshape(B * T, T)
+        memory = _Memory(states.repeat_interleave(T, 0), values.repeat_interleave(T, 0), occupied)
+        look = self._lookup(memory, states.reshape(B * T, 1, -1))
+        return DNDLookup(*(t.reshape(B, T, *t.shape[2:]) for t in look))
 
     def _memorise(
         self, x: Tensor, u: Tensor, mask: Tensor, generator: torch.Generator | None = None, noise: bool = True
@@ -445,14 +534,15 @@ class GTMSM(SequenceModel):
         return tau
 
     def _predicted_frames(
-        self, x: Tensor, mask: Tensor, u: Tensor, generator: torch.Generator | None, noise: bool
+        self, x: Tensor, mask: Tensor, u: Tensor, generator: torch.Generator | None, noise: bool, fn: str
     ) -> tuple[DNDLookup, Tensor, Tensor, _Memory]:
-        """Encode, roll the states, memorise the first tau frames and look the rest up.
+        """Encode, roll the states, memorise the first tau frames and look the rest up (``fn``, the
+        public caller, names any error).
 
         Returns the lookup (B, Q, K) for the Q = T − tau predicted steps, the mean and log std
         (B, Q, z_dim) of q(z|x) of those frames, and the memory of the first tau.
         """
-        tau = self._split(x.shape[1], "elbo")
+        tau = self._split(x.shape[1], fn)
         mean, log_std = self.encode(x)
         eps = None
         if noise:
@@ -469,7 +559,7 @@ class GTMSM(SequenceModel):
         ``"reconstruction"`` E_q log p(x|z), ``"kl"`` the Monte-Carlo mixture KL, ``"elbo"``, and
         ``"mse"`` the mean squared error per pixel of the predicted frames sum_k w_k dec(mu^(k))."""
         x, mask, u = self._inputs(x, mask, u, "elbo")
-        look, mean, log_std, memory = self._predicted_frames(x, mask, u, None, noise=self.training)
+        look, mean, log_std, memory = self._predicted_frames(x, mask, u, None, self.training, "elbo")
         tau = self.config.memory_steps
         x_pred, observed = x[:, tau:], mask[:, tau:].to(x.dtype)
         S = self.config.kl_samples
@@ -507,7 +597,7 @@ class GTMSM(SequenceModel):
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"GTMSM.log_likelihood: num_samples must be an int >= 1; got {num_samples!r}")
         x, mask, u = self._inputs(x, mask, u, "log_likelihood")
-        look, mean, log_std, _ = self._predicted_frames(x, mask, u, None, noise=False)
+        look, mean, log_std, _ = self._predicted_frames(x, mask, u, None, False, "log_likelihood")
         x_pred = x[:, self.config.memory_steps :]
         eps = torch.randn(num_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
         z = mean + log_std.exp() * eps
@@ -518,15 +608,62 @@ class GTMSM(SequenceModel):
 
     # ------------------------------------------------------------------------- the protocol
 
+    def _posterior(self, x: object, mask: object, u: object, method: str) -> GTMSMPosterior:
+        """:meth:`filter` (``method="filter"``) and :meth:`smooth` (``"smooth"``)."""
+        x, mask, u = self._inputs(x, mask, u, method)
+        enc_mean, enc_log_std = self.encode(x)
+        states = self._state_path(u)
+        mean, std = enc_mean, enc_log_std.exp()
+        if not bool(mask.all()):
+            # (mu, log sigma) whatever value_type: _code_moments averages a "sample" value's draw out.
+            look = self._step_lookup(states, torch.cat([enc_mean, enc_log_std], -1), mask, method)
+            prior_mean, prior_std = self._code_moments(look)
+            seen = mask[..., None]
+            mean, std = torch.where(seen, mean, prior_mean), torch.where(seen, std, prior_std)
+        return GTMSMPosterior(mean, std, states, mask)
+
+    def filter(self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None) -> GTMSMPosterior:
+        """The posterior over the latents of every step given the frames x (B, T, C, H, W) up to it,
+        the step mask (B, T) and the actions u (B, T, A).
+
+        GTM-SM's inference network is per frame, q(z_t | x_t), and its states follow from the
+        actions alone, so on every observed step this is the same posterior as :meth:`smooth`:
+        N(mu_t, diag sigma_t²) of the encoder and the noise-free state s_t. A missing frame has no
+        encoder posterior; it gets the moments of the memory prior p(z_t | s_t, m) of the observed
+        frames strictly before t (those :meth:`impute` with ``method="filter"`` decodes), or N(0, I)
+        when there are none; ``observed`` tells the two apart. See :class:`GTMSMPosterior`.
+        """
+        return self._posterior(x, mask, u, "filter")
+
+    def smooth(self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None) -> GTMSMPosterior:
+        """The posterior over the latents of every step given all the frames x (B, T, C, H, W), the
+        step mask (B, T) and the actions u (B, T, A).
+
+        GTM-SM's inference network is per frame, q(z_t | x_t), and its states follow from the
+        actions alone, so on every observed step this is the same posterior as :meth:`filter`:
+        N(mu_t, diag sigma_t²) of the encoder and the noise-free state s_t. A missing frame has no
+        encoder posterior; it gets the moments of the memory prior p(z_t | s_t, m) of all the
+        observed frames of its sequence (those :meth:`impute` with ``method="smooth"`` decodes), or
+        N(0, I) when there are none; ``observed`` tells the two apart. See :class:`GTMSMPosterior`.
+        """
+        return self._posterior(x, mask, u, "smooth")
+
     def _context(
-        self, x: Tensor, u: Tensor | None, mask: Tensor | None, u_future: Tensor | None, horizon: int, fn: str
+        self,
+        x: Tensor,
+        u: Tensor | None,
+        mask: Tensor | None,
+        u_future: Tensor | None,
+        horizon: int,
+        fn: str,
+        generator: torch.Generator | None = None,
     ) -> tuple[_Memory, Tensor]:
         """Memorise the context and roll the states on: the memory and the future states (B, H, S)."""
         _positive_int(f"GTMSM.{fn}", "horizon", horizon)
         x, mask, u = self._inputs(x, mask, u, fn)
         B, T = x.shape[:2]
         u_future = self._check_actions(u_future, B, horizon, fn, "u_future")
-        memory = self._memorise(x, u, mask)
+        memory = self._memorise(x, u, mask, generator)
         states = self._state_path(torch.cat([u, u_future], 1))
         return memory, states[:, T:]
 
@@ -543,17 +680,34 @@ class GTMSM(SequenceModel):
         """Memorise the context x_context (B, T, C, H, W) walked with actions u (B, T, A), then
         predict the frames that the actions u_future (B, H, A) lead to.
 
-        mean: (B, H, C, H, W) sum_k w_k decoder(mu^(k)) at each future state; samples
-        (S, B, H, C, H, W) when ``num_samples`` = S > 0: k ~ w, z ~ component k, decoded.
+        With d_k = decoder(mu^(k)) the frame of the k-th nearest memory at a future state s, the
+        predictive distribution of a frame is the mixture
+
+            p(x | s, m) = sum_k w_k N(x; d_k, pixel_variance · I),
+
+        each component's code taken at its mean (the spread of z within a component, sigma^(k),
+        does not pass through the nonlinear decoder in closed form). Per pixel it has
+
+            mean = sum_k w_k d_k,    std² = pixel_variance + sum_k w_k d_k² − mean²
+                                          = pixel_variance + sum_k w_k (d_k − mean)²
+
+        (an empty memory: decoder(0) and sqrt(pixel_variance)), so ``quantile`` works without
+        samples, from N(mean, std²) per pixel.
+
+        Returns a Forecast with ``mean`` and ``std`` (B, H, C, H, W) and, when ``num_samples`` =
+        S > 0, ``samples`` (S, B, H, C, H, W): k ~ w, z ~ component k, decoder(z) (decoder means, no
+        pixel noise, as the other models' samples; ``quantile`` then uses them). ``generator``
+        drives every draw, the memory's values included when ``value_type="sample"``.
         """
         _positive_int("GTMSM.forecast", "num_samples", num_samples, minimum=0)
-        memory, future = self._context(x_context, u, mask, u_future, horizon, "forecast")
+        memory, future = self._context(x_context, u, mask, u_future, horizon, "forecast", generator)
         look = self._lookup(memory, future)
         samples = None
         if num_samples:
             draws = [self._draw(look, generator)[0] for _ in range(num_samples)]
             samples = self.decode(torch.stack(draws))
-        return Forecast(mean=self._mixture_mean(look, self._memory_frames(memory.values)), samples=samples)
+        mean, std = self._mixture_moments(look, self._memory_frames(memory.values))
+        return Forecast(mean=mean, std=std, samples=samples)
 
     def impute(
         self,
@@ -568,8 +722,14 @@ class GTMSM(SequenceModel):
 
         An observed frame gets its reconstruction decoder(mu_t); a missing one the memory's
         prediction at its state, sum_k w_k decoder(mu^(k)), from the observed frames of the whole
-        sequence (``"smooth"``) or of the steps before it (``"filter"``). samples (S, B, T, C, H, W):
-        a code from q (observed) or from the memory prior (missing), decoded.
+        sequence (``"smooth"``) or of the steps before it (``"filter"``).
+
+        Returns an Imputation with, each (B, T, C, H, W), ``mean`` as above and ``std``: on observed
+        frames sqrt(pixel_variance), the std of N(x; decoder(mu_t), pixel_variance · I); on missing
+        ones that of the memory's mixture sum_k w_k N(x; decoder(mu^(k)), pixel_variance · I),
+        sqrt(pixel_variance + sum_k w_k (decoder(mu^(k)) − mean)²) (see :meth:`forecast`). samples
+        (S, B, T, C, H, W) when ``num_samples`` = S > 0: a code from q (observed) or from the memory
+        prior (missing), decoded.
         """
         if method not in ("smooth", "filter"):
             raise ValueError(f"GTMSM.impute: method must be 'smooth' or 'filter'; got {method!r}")
@@ -577,25 +737,15 @@ class GTMSM(SequenceModel):
         if mask is None:
             raise ValueError("GTMSM.impute: mask of shape (B, T) is required (True = observed frame)")
         x, mask, u = self._inputs(x, mask, u, "impute")
-        B, T = mask.shape
         enc_mean, enc_log_std = self.encode(x)
         states = self._state_path(u)
         values = self._values(enc_mean, enc_log_std, generator)
-        if method == "smooth":
-            memory = _Memory(states, values, mask)
-            query = states
-        else:  # one dictionary per (sequence, step): the observed frames strictly before it
-            before = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril(-1)
-            occupied = (mask[:, None, :] & before).reshape(B * T, T)
-            memory = _Memory(
-                states.repeat_interleave(T, 0), values.repeat_interleave(T, 0), occupied
-            )
-            query = states.reshape(B * T, 1, -1)
-        look = self._lookup(memory, query)
-        look = DNDLookup(*(t.reshape(B, T, *t.shape[2:]) for t in look))
+        look = self._step_lookup(states, values, mask, method)
         seen = mask[:, :, None, None, None]
-        # Every dictionary above holds slots of its sequence's T values, so one decode each serves all.
-        mean = torch.where(seen, self.decode(enc_mean), self._mixture_mean(look, self._memory_frames(values)))
+        # Every dictionary of the lookup holds slots of its sequence's T values, so one decode each serves all.
+        prior_mean, prior_std = self._mixture_moments(look, self._memory_frames(values))
+        mean = torch.where(seen, self.decode(enc_mean), prior_mean)
+        std = torch.where(seen, torch.full_like(prior_std, math.sqrt(self.config.pixel_variance)), prior_std)
         samples = None
         if num_samples:
             draws = []
@@ -604,7 +754,7 @@ class GTMSM(SequenceModel):
                 from_q = enc_mean + enc_log_std.exp() * eps
                 draws.append(torch.where(mask[..., None], from_q, self._draw(look, generator)[0]))
             samples = self.decode(torch.stack(draws))
-        return Imputation(mean=mean, samples=samples)
+        return Imputation(mean=mean, std=std, samples=samples)
 
     def sample(
         self, num_steps: int, batch_size: int = 1, u: Tensor | None = None, generator: torch.Generator | None = None

@@ -74,7 +74,7 @@ class GotoTask:
     step when the agent never moved); the agent gets its crop ``x_t``.
 
     Reward of a step with crop ``x``: ``-mean((x - x_t)^2)`` over pixels, and, when the model has
-    ``infer_states(u: (B, T, A)) -> (B, T, S)`` (the states of an action sequence started from the
+    ``infer_states(actions: (B, T, A)) -> (B, T, S)`` (the states of an action sequence started from the
     origin, as GTM-SM) and imagined the latents, also ``- state_weight * ||l - s_t||^2`` with ``l``
     the first S entries of the imagined latent (which must begin with that state) and ``s_t`` the
     state of the context's actions at step t. Planning over the true simulator (``model=None`` at

@@ -1,6 +1,8 @@
 """GTM-SM: states against a hand-rolled transition, the mixture prior against scipy, the memory
-against exact revisits, gradients, masks, the protocol's shapes and errors, and a short training
-run that learns the map of image navigation (affine fit of the states to the true positions)."""
+against exact revisits, gradients, masks, the posteriors against the encoder and a hand-built
+memory prior, the predictive std against the mixture's moments by hand and by Monte Carlo, the
+protocol's shapes and errors, and a short training run that learns the map of image navigation
+(affine fit of the states to the true positions)."""
 
 from __future__ import annotations
 
@@ -142,7 +144,7 @@ def test_forecast_of_a_revisited_place_is_the_memorised_frame():
                 torch.testing.assert_close(fc.mean[b, h], recon[b, match[0]], rtol=0, atol=1e-6)
                 torch.testing.assert_close(x[b, 30 + h], x[b, match[0]])  # the crop the memory holds
     assert seen > 0
-    assert fc.samples.shape == (2, 2, 10, 3, 8, 8) and fc.std is None
+    assert fc.samples.shape == (2, 2, 10, 3, 8, 8) and fc.std.shape == (2, 10, 3, 8, 8)
 
 
 def test_gradients_reach_the_moves_the_gate_and_the_encoder_but_not_missing_frames():
@@ -226,6 +228,138 @@ def test_impute_keeps_observed_frames_and_fills_revisits_from_memory():
     torch.testing.assert_close(filt.mean[0, 0], model.decode(torch.zeros(1, model.config.z_dim, dtype=torch.float64))[0])
 
 
+def nearest(keys: np.ndarray, occupied: np.ndarray, query: np.ndarray, K: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force DND lookup of one query: the slots of the (at most) K nearest occupied keys and
+    their weights w_k ∝ 1 / (|s − s_k|² + delta). Callers use continuous random actions: on a
+    lattice walk, keys one move before and after the query are tied, and which one a search keeps
+    is arbitrary."""
+    slots = np.flatnonzero(occupied)
+    d2 = ((keys[slots] - query) ** 2).sum(-1)
+    near = slots[np.argsort(d2)[:K]]
+    kernel = 1.0 / (((keys[near] - query) ** 2).sum(-1) + delta)
+    return near, kernel / kernel.sum()
+
+
+@pytest.mark.parametrize("value_type", ["posterior_params", "sample"])
+def test_filter_and_smooth_are_the_encoder_on_observed_steps_and_the_memory_prior_elsewhere(value_type):
+    """Observed steps: both posteriors are q(z_t | x_t) (the encoder's mu_t, sigma_t) and the states
+    are infer_states(u). Missing steps: the mean and variance of the mixture sum_k w_k N(mu_k, v_k)
+    (v_k = sigma_k², + value_std² for "sample"), in raw-moment form sum_k w_k (v_k + mu_k²) − mean²,
+    over the observed steps before t (filter) or all of them (smooth); N(0, I) with no memory."""
+    model = tiny(num_neighbours=3, delta=0.05, value_type=value_type, value_std=0.3).double()
+    x = walks(2, 20)[0].double()
+    u = torch.randn(2, 20, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mu, log_sigma = (t.detach().numpy() for t in model.encode(x))
+    states = model.infer_states(u)
+    filt, smooth = model.filter(x, u=u), model.smooth(x, u=u)
+    for post in (filt, smooth):
+        assert post.mean.shape == post.std.shape == (2, 20, 4)
+        assert post.states.shape == (2, 20, 2) and post.observed.shape == (2, 20) and post.observed.all()
+        np.testing.assert_allclose(post.mean.detach().numpy(), mu, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(post.std.detach().numpy(), np.exp(log_sigma), rtol=1e-12)
+        torch.testing.assert_close(post.states, states, rtol=0, atol=0)
+    for a, b in zip(filt, smooth):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[0, [0, 5, 6, 13]] = mask[1, [9, 19]] = False
+    holes = torch.where(mask[:, :, None, None, None], x, torch.full_like(x, math.nan))
+    filt, smooth = model.filter(holes, mask=mask, u=u), model.smooth(holes, u=u)  # NaN frames are missing
+    keys, extra = states.detach().numpy(), (0.3**2 if value_type == "sample" else 0.0)
+    for method, post in (("filter", filt), ("smooth", smooth)):
+        assert torch.equal(post.observed, mask) and torch.isfinite(post.mean).all() and torch.isfinite(post.std).all()
+        for b in range(2):
+            for t in range(20):
+                got_mean, got_std = post.mean[b, t].detach().numpy(), post.std[b, t].detach().numpy()
+                if mask[b, t]:
+                    np.testing.assert_allclose(got_mean, mu[b, t], rtol=0, atol=1e-12)
+                    np.testing.assert_allclose(got_std, np.exp(log_sigma[b, t]), rtol=1e-12)
+                    continue
+                occupied = mask[b].numpy() & ((np.arange(20) < t) if method == "filter" else True)
+                if not occupied.any():
+                    np.testing.assert_array_equal(got_mean, 0.0)
+                    np.testing.assert_array_equal(got_std, 1.0)
+                    continue
+                near, w = nearest(keys[b], occupied, keys[b, t], 3, 0.05)
+                m_k, v_k = mu[b, near], np.exp(2 * log_sigma[b, near]) + extra
+                mean = w @ m_k
+                np.testing.assert_allclose(got_mean, mean, rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(got_std, np.sqrt(w @ (v_k + m_k**2) - mean**2), rtol=1e-8)
+    assert not torch.allclose(filt.mean[0, 0], smooth.mean[0, 0])  # the filter has no memory at t = 0
+    # Gradients stay finite through the empty-memory branch (a sqrt(0) there would give NaN).
+    x_req = holes.clone().requires_grad_(True)
+    post = model.filter(x_req, mask=mask, u=u)
+    (post.mean.sum() + post.std.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(x_req.grad).all() and x_req.grad[0, 0].abs().sum() == 0
+
+
+def test_forecast_std_is_the_mixture_of_the_decoded_memories():
+    """mean = sum_k w_k d_k and std² = pixel_variance + sum_k w_k d_k² − mean², d_k = decoder(mu_k),
+    against the pieces by hand (brute-force lookup, the encoder, the decoder) and against a
+    Monte-Carlo estimate from draws of sum_k w_k N(d_k, pixel_variance I); quantiles without samples."""
+    model = tiny(num_neighbours=3, delta=0.05, pixel_variance=0.01).double().eval()
+    x = walks(2, 17)[0].double()
+    u = torch.randn(2, 17, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fc = model.forecast(x[:, :12], 5, u_future=u[:, 12:], u=u[:, :12])
+    assert fc.samples is None and fc.mean.shape == fc.std.shape == (2, 5, 3, 8, 8)
+    with torch.no_grad():
+        keys = model.infer_states(u).numpy()
+        frames = model.decode(model.encode(x[:, :12])[0]).flatten(2).numpy()  # (B, 12, 192)
+    g = np.random.default_rng(0)
+    for b in range(2):
+        for h in range(5):
+            near, w = nearest(keys[b, :12], np.ones(12, bool), keys[b, 12 + h], 3, 0.05)
+            d = frames[b, near]
+            mean = w @ d
+            std = np.sqrt(0.01 + w @ d**2 - mean**2)
+            np.testing.assert_allclose(fc.mean[b, h].detach().flatten().numpy(), mean, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(fc.std[b, h].detach().flatten().numpy(), std, rtol=1e-8)
+            if h == 0:  # Monte Carlo: pick k ~ w, add the decoder's pixel noise
+                n = 40000
+                draws = d[g.choice(len(w), size=n, p=w)] + 0.1 * g.standard_normal((n, d.shape[1]))
+                np.testing.assert_allclose(draws.std(0), std, rtol=0.03)
+                np.testing.assert_allclose(draws.mean(0), mean, atol=4 * 0.25 / math.sqrt(n) + 4 * std.max() / math.sqrt(n))
+    z90 = 1.2815515655446004
+    torch.testing.assert_close(fc.quantile(0.5), fc.mean)
+    torch.testing.assert_close(fc.quantile(0.9), fc.mean + z90 * fc.std)
+    assert fc.quantile(torch.tensor([0.1, 0.5])).shape == (2, 2, 5, 3, 8, 8)
+
+
+def test_forecast_with_sample_values_is_seeded_by_the_generator():
+    """value_type="sample" memorises a draw z ~ q: the forecast's generator drives it too."""
+    model = tiny(value_type="sample").eval()
+    x, u, _ = walks(1, 16)
+    outs = [
+        model.forecast(x[:, :12], 4, u_future=u[:, 12:], u=u[:, :12], generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    ]
+    torch.manual_seed(1)  # the global RNG must not matter
+    again = model.forecast(x[:, :12], 4, u_future=u[:, 12:], u=u[:, :12], generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(outs[0].mean, outs[1].mean, rtol=0, atol=0)
+    torch.testing.assert_close(outs[0].mean, again.mean, rtol=0, atol=0)
+
+
+def test_impute_std_is_the_pixel_std_on_observed_frames_and_the_mixture_std_on_missing_ones():
+    model = tiny(num_neighbours=3, delta=0.05, pixel_variance=0.04).double().eval()
+    x = walks(1, 20)[0].double()
+    u = torch.randn(1, 20, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    mask[0, 14:] = False
+    with torch.no_grad():
+        keys = model.infer_states(u).numpy()[0]
+        frames = model.decode(model.encode(x)[0]).flatten(2).numpy()[0]
+    for method in ("smooth", "filter"):
+        imp = model.impute(x, mask, u=u, method=method)
+        assert imp.std.shape == imp.mean.shape == (1, 20, 3, 8, 8)
+        torch.testing.assert_close(imp.std[0, :14], torch.full_like(imp.std[0, :14], 0.2))
+        for t in range(14, 20):
+            near, w = nearest(keys, mask[0].numpy(), keys[t], 3, 0.05)
+            d = frames[near]
+            std = np.sqrt(0.04 + w @ (d - w @ d) ** 2)
+            np.testing.assert_allclose(imp.std[0, t].detach().flatten().numpy(), std, rtol=1e-8)
+
+
 def test_rollout_is_seeded_and_moves_every_particle_by_the_learned_transition():
     x, u, _ = walks(2, 16)
     model = tiny().eval()
@@ -260,6 +394,21 @@ def test_inputs_are_checked_by_name():
         model.forecast(x, 3, u=u)
     with pytest.raises(ValueError, match="method"):
         model.impute(x, torch.ones(1, 20, dtype=torch.bool), u=u, method="both")
+    with pytest.raises(ValueError, match=r"GTMSM\.log_likelihood: x has T = 12 steps; expected more than memory_steps = 12"):
+        model.log_likelihood(x[:, :12], u=u[:, :12])
+    with pytest.raises(ValueError, match=r"GTMSM\.filter: u of shape \(1, 20, 5\) is required"):
+        model.filter(x)
+    with pytest.raises(ValueError, match=r"GTMSM\.smooth: x must have shape \(B, T, 3, 8, 8\); got \(1, 20, 3, 8, 4\)"):
+        model.smooth(x[..., :4], u=u)
+    with pytest.raises(ValueError, match=r"GTMSM\.filter: mask must have shape \(1, 20\)"):
+        model.filter(x, mask=torch.ones(1, 19, dtype=torch.bool), u=u)
+    with pytest.raises(ValueError, match=r"GTMSM\.smooth: u must have shape \(1, 20, 5\); got \(1, 20, 4\)"):
+        model.smooth(x, u=u[..., :4])
+    with pytest.raises(ValueError, match=r"GTMSM\.infer_states: actions must have shape \(B, T, 5\); got \(20, 5\)"):
+        model.infer_states(u[0])
+    with pytest.raises(ValueError, match=r"GTMSM\.infer_states: actions must have shape \(1, 20, 5\); got \(1, 20, 3\)"):
+        model.infer_states(u[..., :3])
+    assert model.infer_states(actions=u).shape == (1, 20, 2)
     assert model.sample(5, 2, u=u[:1, :5].repeat(2, 1, 1)).observations.shape == (2, 5, 3, 8, 8)
 
 

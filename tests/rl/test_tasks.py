@@ -53,8 +53,8 @@ class Walker:
 
     moves = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=torch.float32)
 
-    def infer_states(self, u: torch.Tensor) -> torch.Tensor:
-        return (u @ self.moves).cumsum(1)
+    def infer_states(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions @ self.moves).cumsum(1)
 
 
 def test_goto_uses_the_models_state_when_it_has_one():
