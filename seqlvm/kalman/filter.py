@@ -261,8 +261,8 @@ def _covariances_steady(prep: Prepared, C: Tensor, R: Tensor) -> Gains:
 
 def _settled(seqs: tuple[Tensor, ...]) -> int:
     """The first index along dim 1 from which every sequence (b, N, r, c) equals its last value."""
-    changing = torch.stack([(v != v[:, -1:]).flatten(2).any(-1).any(0) for v in seqs]).any(0)  # (N,)
-    steps = changing.nonzero()
+    flat = torch.cat([v.flatten(2) for v in seqs], -1)
+    steps = (flat != flat[:, -1:]).any(-1).any(0).nonzero()
     return int(steps[-1]) + 1 if len(steps) else 0
 
 
