@@ -15,14 +15,14 @@ def sym(P: Tensor) -> Tensor:
 
 def precise_dtype(t: Tensor) -> torch.dtype:
     """The dtype for the steady-state doublings' covariance work on ``t``: float64 for float32
-    (and half) data, ``t``'s own otherwise, and on devices without float64 (MPS).
+    data, ``t``'s own otherwise, and on devices without float64 (MPS).
 
     The doublings square their elements about log2 T times, and in float32 that loses digits:
     the filtered covariances of a 5000-step random walk with unobserved directions came out a few
     percent off, and steady smoothed covariances 30-60 times further from float64 than the loop's.
     That work acts on a few n x n matrices for the whole batch, so float64 costs no more there.
     """
-    if t.dtype in (torch.float32, torch.float16, torch.bfloat16) and t.device.type != "mps":
+    if t.dtype == torch.float32 and t.device.type != "mps":
         return torch.float64
     return t.dtype
 

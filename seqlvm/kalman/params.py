@@ -195,8 +195,9 @@ def prepare(
         raise ValueError(f"{fn}: batch size and number of steps must be >= 1; got {batch} and {steps}")
 
     dtype = A.dtype
-    if not dtype.is_floating_point:
-        raise TypeError(f"{fn}: parameters must be floating point; A has dtype {dtype}")
+    if dtype not in (torch.float32, torch.float64):
+        # Half precisions have no CPU kernels for the Cholesky and triangular solves.
+        raise TypeError(f"{fn}: parameters must be float32 or float64; A has dtype {dtype}")
     tensors = {k: v for k, v in params._asdict().items() if v is not None}
     if x is not None:
         tensors["x"] = x

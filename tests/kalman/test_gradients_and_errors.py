@@ -121,6 +121,9 @@ def test_other_bad_inputs() -> None:
         kalman_filter(params, x, method="fast")
     with pytest.raises(TypeError, match="dtype"):
         kalman_filter(params, x.double())
+    half = LGSSMParams(*(None if v is None else v.half() for v in params))
+    with pytest.raises(TypeError, match="must be float32 or float64; A has dtype torch.float16"):
+        kalman_filter(half, x.half())
     with pytest.raises(TypeError, match="LGSSMParams"):
         kalman_filter((torch.eye(3),), x)
     with pytest.raises(ValueError, match="num_samples"):
