@@ -104,6 +104,7 @@ class Gains(NamedTuple):
     steady_from: int | None
 
     def to(self, dtype: torch.dtype) -> Gains:
+        """The four sequences in ``dtype`` (themselves when they are in it already)."""
         return Gains(*(v.to(dtype) for v in self[:4]), self.steady_from)
 
 
