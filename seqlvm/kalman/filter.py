@@ -147,7 +147,7 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         gains.append(Kt.transpose(-1, -2))
         chols.append(L)
         infos.append(info)
-    if bool(torch.stack([i.reshape(-1) for i in infos]).any()):  # one sync, after the loop
+    if bool(torch.cat([i.reshape(-1) for i in infos]).any()):  # one sync, after the loop
         raise _not_positive_definite()
     stacked = []
     for seq in (pcovs, covs, gains, chols):
@@ -197,11 +197,15 @@ def _scan_elements(A: Tensor, Q: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, 
     K = Kt.transpose(-1, -2)
     IKC = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device) - K @ C
     CA = C @ A
-    return (
+    elems = (
         IKC @ A,
         sym(IKC @ Q @ IKC.transpose(-1, -2) + K @ R @ Kt),
         sym(CA.transpose(-1, -2) @ torch.cholesky_solve(CA, L)),
     )
+    # One batch size for all three (a batched A with shared Q gives a batched A_el and a shared
+    # C_el): the scans concatenate them.
+    b = max(e.shape[0] for e in elems)
+    return tuple(e.expand(b, *e.shape[1:]) for e in elems)
 
 
 def _gains_from_covs(prep: Prepared, covs: Tensor, C: Tensor, R: Tensor) -> Gains:

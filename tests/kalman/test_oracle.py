@@ -94,6 +94,38 @@ def test_filter_and_smoother_match_dense_gaussian(layout: str, mask_kind: str, k
     torch.testing.assert_close(f2.log_likelihood, f.log_likelihood, atol=0, rtol=0)
 
 
+# Layouts of (A, C, Q, R, P0) mixed within one model: the batch of the covariance work is then
+# that of the batched or time-varying ones only.
+MIXED = [
+    ("batched", "shared", "shared", "shared", "shared"),
+    ("batched", "shared", "shared", "shared", "batched"),
+    ("time", "shared", "shared", "shared", "shared"),
+    ("shared", "shared", "time", "shared", "shared"),
+    ("broadcast", "shared", "batched", "shared", "shared"),
+    ("time", "batched", "broadcast", "shared", "batched"),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("layouts", MIXED)
+def test_mixed_parameter_layouts_match_dense_gaussian(layouts: tuple[str, ...], masked: bool, method: str) -> None:
+    Bt, T, n, m = 3, 5, 3, 2
+    names = ("A", "C", "Q", "R", "P0")
+    mixed = {name: getattr(make_params(layout, Bt, T, n, m, 0), name) for name, layout in zip(names, layouts)}
+    params = make_params("shared", Bt, T, n, m, 0)._replace(**mixed)
+    x = torch.randn(Bt, T, m, dtype=DT, generator=torch.Generator().manual_seed(7))
+    observed = make_mask("entries" if masked else "none", Bt, T, m)
+    dense = dense_moments(params, x, observed, None)
+    sm = kalman_smoother(params, torch.where(observed, x, torch.full_like(x, float("nan"))), method=method)
+    tol = dict(atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(sm.filtered.log_likelihood, dense.log_likelihood, **tol)
+    torch.testing.assert_close(sm.filtered.covs, dense.covs, **tol)
+    torch.testing.assert_close(sm.means, dense.smooth_means, **tol)
+    torch.testing.assert_close(sm.covs, dense.smooth_covs, **tol)
+    torch.testing.assert_close(sm.cross_covs, dense.cross_covs, **tol)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_prior_moments_at_step_zero_and_single_step(method: str) -> None:
     params = make_params("shared", 2, 1, 3, 2, 0)
