@@ -89,10 +89,13 @@ class Prepared:
         return p[:, t] if p.shape[1] > 1 else p[:, 0]
 
     def controls(self) -> Tensor | None:
-        """All control offsets ``B_t u_t``, shape (Bt, T, n), or None."""
+        """All control offsets ``B_t u_t``, shape (Bt, T, n), or None. Step 0's is 0: nothing
+        drives z_0, and ``B_0``, ``u_0`` are never read (a NaN there must not reach a gradient)."""
         if self.B is None:
             return None
-        return (self.B @ self.u[..., None]).squeeze(-1)
+        B = self.B[:, 1:] if self.B.shape[1] > 1 else self.B
+        rest = (B @ self.u[:, 1:, :, None]).squeeze(-1)
+        return torch.cat([rest.new_zeros(rest.shape[0], 1, rest.shape[2]), rest], dim=1)
 
     def emission(self) -> tuple[Tensor, Tensor]:
         """(C_t, R_t) of every step, projected onto the observed entries.

@@ -109,7 +109,9 @@ MIXED = [
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("layouts", MIXED)
-def test_mixed_parameter_layouts_match_dense_gaussian(layouts: tuple[str, ...], masked: bool, method: str) -> None:
+def test_mixed_parameter_layouts_match_dense_gaussian(
+    layouts: tuple[str, ...], masked: bool, method: str
+) -> None:
     Bt, T, n, m = 3, 5, 3, 2
     names = ("A", "C", "Q", "R", "P0")
     mixed = {name: getattr(make_params(layout, Bt, T, n, m, 0), name) for name, layout in zip(names, layouts)}
@@ -124,6 +126,44 @@ def test_mixed_parameter_layouts_match_dense_gaussian(layouts: tuple[str, ...], 
     torch.testing.assert_close(sm.means, dense.smooth_means, **tol)
     torch.testing.assert_close(sm.covs, dense.smooth_covs, **tol)
     torch.testing.assert_close(sm.cross_covs, dense.cross_covs, **tol)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_step_zero_transition_entries_are_never_read(method: str) -> None:
+    """A[:, 0], B[:, 0], Q[:, 0] and u[:, 0] lead into nothing (z_0 is the prior): NaN there changes
+    no output, and no gradient, of the filter, the smoother, the Fisher gradient or the samplers."""
+    from seqlvm.kalman import log_likelihood
+
+    Bt, T, n, m, k = 2, 5, 3, 2, 2
+    params = make_params("time", Bt, T, n, m, k)
+    g = torch.Generator().manual_seed(3)
+    x, u = torch.randn(Bt, T, m, dtype=DT, generator=g), torch.randn(Bt, T, k, dtype=DT, generator=g)
+
+    def poisoned(v: torch.Tensor) -> torch.Tensor:
+        v = v.clone()
+        v[:, 0] = float("nan")
+        return v.requires_grad_(True)
+
+    A, Q, B, u_nan = (poisoned(v) for v in (params.A, params.Q, params.B, u))
+    C = params.C.clone().requires_grad_(True)
+    bad = params._replace(A=A, Q=Q, B=B, C=C)
+    ref = kalman_smoother(params, x, u=u, method=method)
+    sm = kalman_smoother(bad, x, u=u_nan, method=method)
+    for name in ("means", "covs", "cross_covs"):
+        torch.testing.assert_close(getattr(sm, name), getattr(ref, name), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(sm.filtered.log_likelihood, ref.filtered.log_likelihood, atol=1e-12, rtol=1e-12)
+    leaves = (A, Q, B, C, u_nan)
+    outputs = {
+        "smoother": sm.filtered.log_likelihood.sum() + sm.means.sum() + sm.covs.sum(),
+        "fisher": log_likelihood(bad, x, u=u_nan, method=method).sum(),
+        "prior": sample_prior(bad, T, Bt, u=u_nan, generator=torch.Generator().manual_seed(0)).states.sum(),
+        "posterior": sample_posterior(bad, x, None, 3, torch.Generator().manual_seed(0), u=u_nan, method=method)
+        .samples.sum(),
+    }
+    for name, out in outputs.items():
+        grads = torch.autograd.grad(out, leaves, allow_unused=True)
+        for leaf, grad in zip("A Q B C u".split(), grads):
+            assert grad is None or torch.isfinite(grad).all(), f"{name}: NaN in the gradient of {leaf}"
 
 
 @pytest.mark.parametrize("method", METHODS)
