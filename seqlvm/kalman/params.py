@@ -191,8 +191,8 @@ def prepare(
     if x is not None:
         if not isinstance(x, Tensor):
             raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 3 or x.shape[-1] != m or x.shape[1] == 0:
-            raise ValueError(f"{fn}: x must have shape (Bt, T, {m}) with T >= 1; got {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[-1] != m or x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"{fn}: x must have shape (Bt, T, {m}) with Bt, T >= 1; got {tuple(x.shape)}")
         batch, steps = x.shape[0], x.shape[1]
     elif batch is None or steps is None or batch < 1 or steps < 1:
         raise ValueError(f"{fn}: batch size and number of steps must be >= 1; got {batch} and {steps}")
@@ -232,7 +232,9 @@ def prepare(
         if tuple(u.shape) != (batch, steps, k):
             raise ValueError(f"{fn}: u must have shape ({batch}, {steps}, {k}); got {tuple(u.shape)}")
     elif u is not None:
-        raise ValueError(f"{fn}: u is given but params.B is None; pass B of shape ({n}, {u.shape[-1]})")
+        raise ValueError(
+            f"{fn}: u is given but params.B is None; pass B of shape ({n}, k) for u of shape ({batch}, {steps}, k)"
+        )
 
     observed = None
     if x is not None:

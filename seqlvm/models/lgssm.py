@@ -201,6 +201,10 @@ class LGSSM(SequenceModel):
                 raise ValueError(f"LGSSM.{fn}: u must have shape ({x.shape[0]}, {x.shape[1]}, {k}); got {tuple(u.shape)}")
             u = u.to(dtype=dtype, device=device)
         if mask is not None:
+            B, T = x.shape[:2]
+            if not isinstance(mask, Tensor) or tuple(mask.shape) not in ((B, T), (B, T, m)):
+                got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"LGSSM.{fn}: mask must have shape ({B}, {T}) or ({B}, {T}, {m}); got {got}")
             mask = mask.to(device=device)
         return x.to(dtype=dtype, device=device), mask, u
 

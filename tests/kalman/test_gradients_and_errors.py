@@ -117,6 +117,10 @@ def test_other_bad_inputs() -> None:
     x = torch.zeros(2, 4, 2)
     with pytest.raises(ValueError, match="u is given but params.B is None"):
         kalman_filter(params, x, u=torch.zeros(2, 4, 1))
+    with pytest.raises(ValueError, match="u is given but params.B is None"):
+        kalman_filter(params, x, u=torch.tensor(1.0))  # a 0-d u: no shape to read
+    with pytest.raises(ValueError, match=r"x must have shape \(Bt, T, 2\) with Bt, T >= 1; got \(0, 4, 2\)"):
+        kalman_filter(params, x[:0])
     with pytest.raises(ValueError, match="method must be one of"):
         kalman_filter(params, x, method="fast")
     with pytest.raises(TypeError, match="dtype"):

@@ -247,6 +247,11 @@ def test_bad_inputs_name_the_argument() -> None:
         model.fit_em(torch.zeros(4, 5, 2), u=torch.zeros(4, 5, 1), learn=("A", "D"))
     with pytest.raises(ValueError, match=r"LGSSM.forecast: u_future must be None or a tensor.*got 5.*num_samples="):
         model.forecast(torch.zeros(4, 5, 2), 3, 5)
+    u = torch.zeros(4, 5, 1)
+    calls = (lambda m: model.fit_em(torch.zeros(4, 5, 2), m, 1, u=u), lambda m: model.impute(torch.zeros(4, 5, 2), m, u))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"mask must have shape \(4, 5\) or \(4, 5, 2\); got \(4, 4\)"):
+            call(torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="state_dim must be an int >= 1"):
         LGSSMConfig(state_dim=0)
     with pytest.raises(ValueError, match="trainable has unknown names"):
