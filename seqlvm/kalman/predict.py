@@ -114,8 +114,13 @@ def forecast(
             raise ValueError("forecast: params.B is set, so u for the context is required too")
         if u_future.dim() != 3 or tuple(u_future.shape[:2]) != (Bt, horizon):
             raise ValueError(f"forecast: u_future must have shape ({Bt}, {horizon}, k); got {tuple(u_future.shape)}")
+        if not isinstance(u, Tensor) or u.dim() != 3 or tuple(u.shape[:2]) != (Bt, T):
+            got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+            raise ValueError(f"forecast: u, the context's controls, must have shape ({Bt}, {T}, k); got {got}")
         u_all = torch.cat([u, u_future], dim=1)
     full = prepare(params, None, None, u_all, batch=Bt, steps=T + horizon, fn="forecast")
+    if x_context.shape[-1] != full.m:
+        raise ValueError(f"forecast: x_context must have shape ({Bt}, {T}, {full.m}); got {tuple(x_context.shape)}")
     filt = kalman_filter(_time_window(params, T, T + horizon), x_context, mask, u, method=method)
     m, P = filt.means[:, -1], filt.covs[:, -1]
     controls = full.controls()

@@ -76,9 +76,14 @@ class LGSSMConfig:
                 raise ValueError(f"LGSSMConfig: {name} must be > 0; got {getattr(self, name)!r}")
 
 
-def _to_raw_cholesky(S: Tensor) -> Tensor:
+def _to_raw_cholesky(S: Tensor, name: str = "covariance") -> Tensor:
     """Positive-definite S -> lower factor with log-diagonal (the stored form)."""
-    L = torch.linalg.cholesky(sym(S))
+    L, info = torch.linalg.cholesky_ex(sym(S))
+    if bool(info.any()):
+        lowest = float(torch.linalg.eigvalsh(sym(S)).min())
+        raise ValueError(
+            f"LGSSM: {name} must be symmetric positive definite; got one with smallest eigenvalue {lowest:.3g}"
+        )
     return L.tril(-1) + torch.diag_embed(torch.log(L.diagonal(dim1=-2, dim2=-1)))
 
 
@@ -118,7 +123,7 @@ class LGSSM(SequenceModel):
 
     @A.setter
     def A(self, value: Tensor) -> None:
-        self._assign("A", value, value)
+        self._assign("A", value)
 
     @property
     def B(self) -> Tensor | None:
@@ -126,7 +131,7 @@ class LGSSM(SequenceModel):
 
     @B.setter
     def B(self, value: Tensor) -> None:
-        self._assign("B", value, value)
+        self._assign("B", value)
 
     @property
     def C(self) -> Tensor:
@@ -134,7 +139,7 @@ class LGSSM(SequenceModel):
 
     @C.setter
     def C(self, value: Tensor) -> None:
-        self._assign("C", value, value)
+        self._assign("C", value)
 
     @property
     def m0(self) -> Tensor:
@@ -142,7 +147,7 @@ class LGSSM(SequenceModel):
 
     @m0.setter
     def m0(self, value: Tensor) -> None:
-        self._assign("m0", value, value)
+        self._assign("m0", value)
 
     @property
     def Q(self) -> Tensor:
@@ -150,7 +155,7 @@ class LGSSM(SequenceModel):
 
     @Q.setter
     def Q(self, value: Tensor) -> None:
-        self._assign("Q", value, _to_raw_cholesky(value.to(self._Q)))
+        self._assign("Q", value, _to_raw_cholesky)
 
     @property
     def R(self) -> Tensor:
@@ -158,7 +163,7 @@ class LGSSM(SequenceModel):
 
     @R.setter
     def R(self, value: Tensor) -> None:
-        self._assign("R", value, _to_raw_cholesky(value.to(self._R)))
+        self._assign("R", value, _to_raw_cholesky)
 
     @property
     def P0(self) -> Tensor:
@@ -166,17 +171,20 @@ class LGSSM(SequenceModel):
 
     @P0.setter
     def P0(self, value: Tensor) -> None:
-        self._assign("P0", value, _to_raw_cholesky(value.to(self._P0)))
+        self._assign("P0", value, _to_raw_cholesky)
 
-    def _assign(self, name: str, value: Tensor, stored: Tensor) -> None:
+    def _assign(self, name: str, value: Tensor, to_stored: Callable[[Tensor, str], Tensor] | None = None) -> None:
+        """Check ``value`` against parameter ``name`` and store it (through ``to_stored``, the
+        constrained parameterisation, for the covariances)."""
         target = getattr(self, "_" + name)
         if target is None:
             raise ValueError(f"LGSSM: {name} does not exist for control_dim = 0")
         if not isinstance(value, Tensor) or tuple(value.shape) != tuple(target.shape):
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"LGSSM: {name} must have shape {tuple(target.shape)}; got {got}")
+        value = value.to(target)
         with torch.no_grad():
-            target.copy_(stored)
+            target.copy_(value if to_stored is None else to_stored(value, name))
 
     def params(self) -> LGSSMParams:
         """The current parameters as an :class:`~seqlvm.kalman.LGSSMParams` (differentiable)."""

@@ -136,3 +136,8 @@ def test_other_bad_inputs() -> None:
         sample_prior(params, 0)
     with pytest.raises(ValueError, match="horizon"):
         forecast(params, x, 0)
+    with pytest.raises(ValueError, match=r"forecast: x_context must have shape \(2, 4, 2\); got \(2, 4, 3\)"):
+        forecast(params, torch.zeros(2, 4, 3), 2)
+    controlled = params._replace(B=torch.ones(3, 1))
+    with pytest.raises(ValueError, match=r"forecast: u, the context's controls, must have shape \(2, 4, k\); got \(2, 5, 1\)"):
+        forecast(controlled, x, 2, torch.zeros(2, 2, 1), u=torch.zeros(2, 5, 1))

@@ -44,6 +44,10 @@ def test_parameters_read_and_assign_as_plain_tensors() -> None:
             torch.testing.assert_close(getattr(model, name), value)
     with pytest.raises(ValueError, match=r"Q must have shape \(4, 4\); got \(3, 3\)"):
         model.Q = torch.eye(3, dtype=DT)
+    with pytest.raises(ValueError, match=r"R must be symmetric positive definite; got one with smallest eigenvalue -1"):
+        model.R = -torch.eye(2, dtype=DT)
+    with pytest.raises(ValueError, match=r"C must have shape \(2, 4\); got list"):
+        model.C = [[1.0]]
     # Any value of the raw parameters is a valid positive-definite covariance.
     with torch.no_grad():
         model._Q.normal_()
