@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.filter import FilterResult, Gains, MeanPass, check_method, full_time, run_filter
-from seqlvm.kalman.linalg import columns, matmul_add, sym, uncolumns
+from seqlvm.kalman.linalg import columns, matmul_add, matvec, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
 from seqlvm.kalman.scan import steady_linear_recurrence
 from seqlvm.kalman.smoother import smooth_filtered
@@ -217,10 +217,16 @@ def _transition_gradients(
     if need & {"B", "u"}:
         gb = w.cols * r  # d/d(B_t u_t)
         if "B" in need:
-            controls = columns(prep.u[:, 1:], shared)
-            grads["B"] = _pad_time(_outer(gb, controls, None, into(prep.B).shape[:2]), prep.B.shape[1])
+            target = into(prep.B).shape[:2]
+            if shared and target[0] > 1:
+                # B differs per sequence but leaves the covariances shared, so the sequences are
+                # the columns: each sequence's own outer products, not their sum.
+                gB = _sum_to(uncolumns(gb).unsqueeze(-1) * prep.u[:, 1:].unsqueeze(-2), target)
+            else:
+                gB = _outer(gb, columns(prep.u[:, 1:], shared), None, target)
+            grads["B"] = _pad_time(gB, prep.B.shape[1])
         if "u" in need:
-            gu = uncolumns(into(prep.B).transpose(-1, -2) @ gb)
+            gu = matvec(into(prep.B).transpose(-1, -2), uncolumns(gb))
             grads["u"] = torch.cat([torch.zeros_like(gu[:, :1]), gu], dim=1)
     return grads
 

@@ -66,6 +66,51 @@ def test_value_and_gradient_match_dense_gaussian(
         assert torch.isfinite(have).all()
 
 
+# Layouts of (A, Q, m0, B), the rest shared: a per-sequence m0 or B leaves the covariances shared
+# (the sequences are then the columns of the mean pass), a per-sequence A does not.
+MIXED = [
+    ("shared", "shared", "batched", "batched"),
+    ("shared", "shared", "shared", "time"),
+    ("broadcast", "shared", "batched", "time"),
+    ("batched", "time", "shared", "batched"),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("layouts", MIXED)
+def test_gradient_with_mixed_layouts_matches_dense_gaussian(
+    layouts: tuple[str, ...], masked: bool, method: str
+) -> None:
+    Bt, T, n, m, k = 3, 5, 3, 2, 2
+    names = ("A", "Q", "m0", "B")
+    mixed = {name: getattr(make_params(layout, Bt, T, n, m, k), name) for name, layout in zip(names, layouts)}
+    params = make_params("shared", Bt, T, n, m, k)._replace(**mixed)
+    g = torch.Generator().manual_seed(7)
+    x, u = torch.randn(Bt, T, m, dtype=DT, generator=g), torch.randn(Bt, T, k, dtype=DT, generator=g)
+    observed = make_mask("entries" if masked else "none", Bt, T, m)
+    weights = torch.randn(Bt, dtype=DT, generator=g)
+
+    dense_leaves = _leaves(params, x, u)
+    dense_p, dense_x, dense_u = _split(dense_leaves)
+    dense_ll = dense_moments(dense_p, dense_x, observed, dense_u).log_likelihood
+    expected = torch.autograd.grad((weights * dense_ll).sum(), list(dense_leaves.values()), allow_unused=True)
+    leaves = _leaves(params, x, u)
+    p, x_in, u_in = _split(leaves)
+    ll = log_likelihood(p, torch.where(observed, x_in, torch.full_like(x_in, float("nan"))), u=u_in, method=method)
+    got = torch.autograd.grad((weights * ll).sum(), list(leaves.values()))
+    for name, want, have in zip(leaves, expected, got):
+        want = torch.zeros_like(have) if want is None else want
+        if name in COVARIANCES:
+            want = 0.5 * (want + want.transpose(-1, -2))
+        torch.testing.assert_close(have, want, atol=1e-10, rtol=1e-8, msg=f"d/d{name}")
+    # The controls' gradient alone takes its own path (no outer products for B).
+    u_alone = u.clone().requires_grad_()
+    ll = log_likelihood(params, torch.where(observed, x, torch.full_like(x, float("nan"))), u=u_alone, method=method)
+    got_u = torch.autograd.grad((weights * ll).sum(), u_alone)[0]
+    torch.testing.assert_close(got_u, expected[list(dense_leaves).index("u")], atol=1e-10, rtol=1e-8)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_gradcheck_with_controls_and_partial_mask(method: str) -> None:
     g = torch.Generator().manual_seed(3)
