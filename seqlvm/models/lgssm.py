@@ -205,8 +205,9 @@ class LGSSM(SequenceModel):
         if u is not None:
             if not k:
                 raise ValueError(f"LGSSM.{fn}: u is given but the model has control_dim = 0")
-            if u.dim() != 3 or tuple(u.shape) != (x.shape[0], x.shape[1], k):
-                raise ValueError(f"LGSSM.{fn}: u must have shape ({x.shape[0]}, {x.shape[1]}, {k}); got {tuple(u.shape)}")
+            if not isinstance(u, Tensor) or tuple(u.shape) != (x.shape[0], x.shape[1], k):
+                got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+                raise ValueError(f"LGSSM.{fn}: u must have shape ({x.shape[0]}, {x.shape[1]}, {k}); got {got}")
             u = u.to(dtype=dtype, device=device)
         if mask is not None:
             B, T = x.shape[:2]
@@ -279,7 +280,10 @@ class LGSSM(SequenceModel):
         Mz, c, noise = _completion(self.C, self.R, observed, x0)
         mean = matvec(Mz, means) + c  # exactly x where observed, as Mz = 0 and c = x there
         cov = Mz @ covs @ Mz.transpose(-1, -2) + noise
-        std = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt() * (~observed)
+        # Zero where observed before the sqrt: sqrt(0) has an infinite derivative, and times 0 that
+        # would send NaN into every parameter's gradient.
+        zero = torch.zeros((), dtype=cov.dtype, device=cov.device)
+        std = torch.where(observed, zero, cov.diagonal(dim1=-2, dim2=-1)).clamp_min(0).sqrt()
         return Imputation(mean=mean, std=std)
 
     def forecast(
@@ -299,6 +303,8 @@ class LGSSM(SequenceModel):
         u_future (B, H, k) the future when the model has controls.
         """
         check_future_controls_type(u_future, "LGSSM.forecast")
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+            raise ValueError(f"LGSSM.forecast: num_samples must be an int >= 0; got {num_samples!r}")
         x_context, mask, u = self._inputs(x_context, mask, u, "forecast")
         if u_future is not None:
             u_future = u_future.to(x_context)

@@ -92,6 +92,10 @@ def test_impute_gives_the_exact_conditional_of_missing_entries(method: str) -> N
     torch.testing.assert_close(imp.mean, mean, atol=1e-10, rtol=1e-10)
     # (The dense oracle's std of an observed entry is sqrt(rounding error), not 0: compare the rest.)
     torch.testing.assert_close(imp.std[~observed], std[~observed], atol=1e-10, rtol=1e-10)
+    # The observed entries' std of exactly 0 must not turn the parameters' gradients into NaN.
+    imp = model.impute(x, observed, method=method)
+    grads = torch.autograd.grad(imp.std.sum() + imp.mean.sum(), [model._A, model._C, model._Q, model._R])
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_forecast_moments_quantiles_and_sample_paths() -> None:
@@ -251,6 +255,11 @@ def test_bad_inputs_name_the_argument() -> None:
         model.fit_em(torch.zeros(4, 5, 2), u=torch.zeros(4, 5, 1), learn=("A", "D"))
     with pytest.raises(ValueError, match=r"LGSSM.forecast: u_future must be None or a tensor.*got 5.*num_samples="):
         model.forecast(torch.zeros(4, 5, 2), 3, 5)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match=rf"LGSSM.forecast: num_samples must be an int >= 0; got {bad!r}"):
+            model.forecast(torch.zeros(4, 5, 2), 3, torch.zeros(4, 3, 1), num_samples=bad, u=torch.zeros(4, 5, 1))
+    with pytest.raises(ValueError, match=r"u must have shape \(4, 5, 1\); got list"):
+        model.log_likelihood(torch.zeros(4, 5, 2), u=[[0.0]])
     u = torch.zeros(4, 5, 1)
     calls = (lambda m: model.fit_em(torch.zeros(4, 5, 2), m, 1, u=u), lambda m: model.impute(torch.zeros(4, 5, 2), m, u))
     for call in calls:
