@@ -308,9 +308,11 @@ class GTMSM(SequenceModel):
 
     def _check_frames(self, x: object, fn: str, name: str = "x") -> Tensor:
         shape = self.config.obs_shape
-        if not isinstance(x, Tensor) or x.dim() != 5 or tuple(x.shape[2:]) != shape:
+        if not isinstance(x, Tensor) or x.dim() != 5 or tuple(x.shape[2:]) != shape or 0 in x.shape[:2]:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"GTMSM.{fn}: {name} must have shape (B, T, {', '.join(map(str, shape))}); got {got}")
+            raise ValueError(
+                f"GTMSM.{fn}: {name} must have shape (B, T, {', '.join(map(str, shape))}) with B, T >= 1; got {got}"
+            )
         if not x.is_floating_point():
             raise ValueError(f"GTMSM.{fn}: {name} must be floating point in [0, 1]; got {x.dtype}")
         p = self.moves
@@ -394,10 +396,10 @@ class GTMSM(SequenceModel):
         """The learned states (B, T, state_dim) of an action sequence ``actions`` (B, T, control_dim)
         from s_0 = 0 (noise-free): the model's map of where the agent has been. As everywhere,
         ``actions[:, t]`` is the action that led into step t, so ``actions[:, 0]`` is unused."""
-        if not isinstance(actions, Tensor) or actions.dim() != 3:
+        if not isinstance(actions, Tensor) or actions.dim() != 3 or 0 in actions.shape[:2]:
             got = tuple(actions.shape) if isinstance(actions, Tensor) else type(actions).__name__
             raise ValueError(
-                f"GTMSM.infer_states: actions must have shape (B, T, {self.config.control_dim}); got {got}"
+                f"GTMSM.infer_states: actions must have shape (B, T, {self.config.control_dim}) with B, T >= 1; got {got}"
             )
         actions = self._check_actions(actions, actions.shape[0], actions.shape[1], "infer_states", "actions")
         return self._state_path(actions)
@@ -424,12 +426,19 @@ class GTMSM(SequenceModel):
         return dnd_lookup(query, memory.keys, memory.values, k, occupied=memory.occupied, delta=self.config.delta)
 
     def _mixture_log_prob(self, z: Tensor, look: DNDLookup) -> Tensor:
-        """log p(z | s, m) of codes z (S, B, Q, z_dim) under the looked-up mixtures -> (S, B, Q)."""
+        """log p(z | s, m) of codes z (S, B, Q, z_dim) under the looked-up mixtures -> (S, B, Q);
+        where the memory is empty (nothing memorised was observed), the reference prior N(0, I)'s,
+        as in :meth:`_draw`."""
         mean, log_std = self._components(look.values)  # (B, Q, K, z)
         diff = (z.unsqueeze(-2) - mean) * torch.exp(-log_std)
         comp = -0.5 * (diff.square().sum(-1) + self.config.z_dim * LOG_2PI) - log_std.sum(-1)
-        # Padding (fewer stored entries than K) has log-weight -inf and drops out of the sum.
-        return torch.logsumexp(look.log_weights + comp, -1)
+        # Padding (fewer stored entries than K) has log-weight -inf and drops out of the sum. An
+        # empty memory has nothing but padding: its -inf row is replaced before the logsumexp,
+        # whose gradient would otherwise be NaN even where the prior is chosen.
+        empty = look.weights.sum(-1) == 0  # (B, Q)
+        log_weights = torch.where(empty[..., None], torch.zeros_like(look.log_weights), look.log_weights)
+        prior = -0.5 * (z.square().sum(-1) + self.config.z_dim * LOG_2PI)
+        return torch.where(empty, prior, torch.logsumexp(log_weights + comp, -1))
 
     def _draw(self, look: DNDLookup, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One code per query from the mixture: k ~ Categorical(w), z ~ component k.
@@ -568,7 +577,10 @@ class GTMSM(SequenceModel):
         recon = self.frame_log_likelihood(x_pred, self.decode(z[0]))
         entropy = log_std.sum(-1) + 0.5 * self.config.z_dim * (1.0 + LOG_2PI)
         kl = -entropy - self._mixture_log_prob(z, look).mean(0)
-        recon_seq, kl_seq = (recon * observed).sum(1), (kl * observed).sum(1)
+        # Missing frames add exactly nothing (where, not a product: their terms need not be finite).
+        seen = observed.bool()
+        recon_seq = torch.where(seen, recon, torch.zeros_like(recon)).sum(1)
+        kl_seq = torch.where(seen, kl, torch.zeros_like(kl)).sum(1)
         loss = -(recon_seq - self.kl_weight * kl_seq).mean()
         with torch.no_grad():
             pixels = observed.sum().clamp(min=1) * math.prod(self.config.obs_shape)
@@ -604,7 +616,7 @@ class GTMSM(SequenceModel):
         log_q = -0.5 * (eps.square().sum(-1) + self.config.z_dim * LOG_2PI) - log_std.sum(-1)
         log_w = self.frame_log_likelihood(x_pred, self.decode(z)) + self._mixture_log_prob(z, look) - log_q
         per_frame = torch.logsumexp(log_w, 0) - math.log(num_samples)
-        return (per_frame * mask[:, self.config.memory_steps :]).sum(1)
+        return torch.where(mask[:, self.config.memory_steps :], per_frame, torch.zeros_like(per_frame)).sum(1)
 
     # ------------------------------------------------------------------------- the protocol
 

@@ -360,6 +360,31 @@ def test_impute_std_is_the_pixel_std_on_observed_frames_and_the_mixture_std_on_m
             np.testing.assert_allclose(imp.std[0, t].detach().flatten().numpy(), std, rtol=1e-8)
 
 
+def test_an_empty_memory_gives_the_reference_prior_and_missing_sequences_add_nothing():
+    """A sequence whose memorised frames are all missing has an empty memory: its codes are scored
+    against N(0, I) (as _draw and _code_moments use), so the bound and the log-likelihood stay
+    finite, with finite gradients; a sequence with nothing observed at all adds exactly 0."""
+    model = tiny().double()
+    x, u, _ = walks(3, 16)
+    x, tau = x.double(), model.config.memory_steps
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[0, :tau] = False  # nothing memorised
+    mask[1] = False  # nothing at all
+    out = model.elbo(torch.where(mask[:, :, None, None, None], x, torch.full_like(x, math.nan)), mask, u)
+    assert torch.isfinite(out.loss) and all(torch.isfinite(t) for t in out.terms.values())
+    grads = torch.autograd.grad(out.loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        ll = model.log_likelihood(x, mask, u, num_samples=4)
+        assert torch.isfinite(ll).all() and ll[1] == 0
+        # The empty memory's prior is N(0, I): with the codes of sequence 0 the bound's mixture
+        # term equals log N(z; 0, I).
+        look, mean, _, _ = model._predicted_frames(x, mask, u.double(), None, False, "elbo")
+        z = mean.unsqueeze(0)
+        want = -0.5 * (z[:, 0].square().sum(-1) + model.config.z_dim * math.log(2 * math.pi))
+        torch.testing.assert_close(model._mixture_log_prob(z, look)[:, 0], want)
+
+
 def test_rollout_is_seeded_and_moves_every_particle_by_the_learned_transition():
     x, u, _ = walks(2, 16)
     model = tiny().eval()
@@ -398,17 +423,21 @@ def test_inputs_are_checked_by_name():
         model.log_likelihood(x[:, :12], u=u[:, :12])
     with pytest.raises(ValueError, match=r"GTMSM\.filter: u of shape \(1, 20, 5\) is required"):
         model.filter(x)
-    with pytest.raises(ValueError, match=r"GTMSM\.smooth: x must have shape \(B, T, 3, 8, 8\); got \(1, 20, 3, 8, 4\)"):
+    with pytest.raises(ValueError, match=r"GTMSM\.smooth: x must have shape \(B, T, 3, 8, 8\) with B, T >= 1; got \(1, 20, 3, 8, 4\)"):
         model.smooth(x[..., :4], u=u)
     with pytest.raises(ValueError, match=r"GTMSM\.filter: mask must have shape \(1, 20\)"):
         model.filter(x, mask=torch.ones(1, 19, dtype=torch.bool), u=u)
     with pytest.raises(ValueError, match=r"GTMSM\.smooth: u must have shape \(1, 20, 5\); got \(1, 20, 4\)"):
         model.smooth(x, u=u[..., :4])
-    with pytest.raises(ValueError, match=r"GTMSM\.infer_states: actions must have shape \(B, T, 5\); got \(20, 5\)"):
+    with pytest.raises(ValueError, match=r"GTMSM\.infer_states: actions must have shape \(B, T, 5\) with B, T >= 1; got \(20, 5\)"):
         model.infer_states(u[0])
     with pytest.raises(ValueError, match=r"GTMSM\.infer_states: actions must have shape \(1, 20, 5\); got \(1, 20, 3\)"):
         model.infer_states(u[..., :3])
     assert model.infer_states(actions=u).shape == (1, 20, 2)
+    with pytest.raises(ValueError, match=r"GTMSM\.forecast: x must have shape \(B, T, 3, 8, 8\) with B, T >= 1; got \(0, 20"):
+        model.forecast(x[:0], 3, u_future=u[:0, :3], u=u[:0])
+    with pytest.raises(ValueError, match=r"GTMSM\.infer_states: actions must have shape \(B, T, 5\) with B, T >= 1; got \(1, 0, 5\)"):
+        model.infer_states(u[:, :0])
     assert model.sample(5, 2, u=u[:1, :5].repeat(2, 1, 1)).observations.shape == (2, 5, 3, 8, 8)
 
 
