@@ -225,6 +225,8 @@ class Trainer:
 
     def _loop(self, progress: "_Progress | None") -> str:
         config = self.config
+        if self._out_of_patience():  # a resumed run that had stopped early stays stopped
+            return "early_stopping"
         interval_start = time.perf_counter()
         while self.step < self.total_steps:
             self._apply_freeze()
@@ -378,6 +380,9 @@ class Trainer:
         self._save("last.pt")
         if improved:
             self._save("best.pt")
+        return self._out_of_patience()
+
+    def _out_of_patience(self) -> bool:
         patience = self.config.early_stopping_patience
         return bool(patience) and self.stale_evals >= patience
 
@@ -414,6 +419,19 @@ class Trainer:
             raise ValueError(
                 f"--resume: the checkpoint holds a {checkpoint['model_name']!r} model, "
                 f"not {self.config.model!r}"
+            )
+        # The position in the epoch is counted in batches: it means the same only with the same
+        # batch size, and must lie inside an epoch of this run's data.
+        saved = checkpoint["train_config"].get("batch_size")
+        if saved != self.config.batch_size:
+            raise ValueError(
+                f"--resume: the run was trained with batch_size = {saved}; got {self.config.batch_size} "
+                "(resume with the same batch size, or start a new run)"
+            )
+        if checkpoint["batch_in_epoch"] > self.steps_per_epoch:
+            raise ValueError(
+                f"--resume: the checkpoint is at batch {checkpoint['batch_in_epoch']} of an epoch, but this "
+                f"run's data makes epochs of {self.steps_per_epoch} batches; resume with the run's own data"
             )
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])

@@ -117,6 +117,17 @@ def test_refuses_to_overwrite_a_run(make_config, data):
         fit(make_config("fresh"), data, resume=True)
 
 
+def test_resume_refuses_another_batch_size_or_a_smaller_data_set(make_config, data):
+    """The checkpoint's place in its epoch is counted in batches (this used to loop for ever)."""
+    train, valid = data
+    config = make_config(max_steps=5)  # batch 4 of 24 sequences: 6 batches an epoch, stopped at batch 5
+    fit(config, data)
+    with pytest.raises(ValueError, match="trained with batch_size = 4; got 8"):
+        fit(config.with_overrides(["batch_size=8", "max_steps=10"]), data, resume=True)
+    with pytest.raises(ValueError, match="at batch 5 of an epoch, but this run's data makes epochs of 3 batches"):
+        fit(config.with_overrides(["max_steps=10"]), (torch.utils.data.Subset(train, range(12)), valid), resume=True)
+
+
 class ExplodingToy(ToyChains):
     """Its log-likelihood term turns NaN on the fifth training step, and with it the loss (as in
     every real model, whose loss is built from its terms)."""
@@ -188,6 +199,11 @@ def test_early_stopping_after_patience(make_config, data):
     config = make_config(epochs=10, optimizer="sgd", lr=1e-30, early_stopping_patience=2)
     _, result = fit(config, data)
     assert result.reason == "early_stopping" and result.epoch == 3
+    # Resuming a run that stopped early leaves it stopped (and its checkpoints untouched).
+    before = load_checkpoint(config.run_dir / "ckpt" / "last.pt")["step"]
+    _, again = fit(config, data, resume=True)
+    assert again.reason == "early_stopping" and again.step == before
+    assert load_checkpoint(config.run_dir / "ckpt" / "last.pt")["step"] == before
 
 
 def test_batch_larger_than_data_is_refused_before_training(make_config, data):
