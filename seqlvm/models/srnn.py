@@ -86,6 +86,9 @@ class SRNNConfig:
                         as in the reference code: the features phi(u_t) and phi(x_t), d_t where it
                         feeds the prior, the encoder and the output MLP, and z_t into the output
                         MLP (the recurrences themselves see undropped states). 0 by default, as there.
+                        Only the training objective (:meth:`SRNN.bound` / :meth:`SRNN.elbo` with the
+                        module in training mode) applies it; the inference methods never do (see
+                        :class:`SRNN`).
     """
 
     obs_dim: int = 88
@@ -321,6 +324,14 @@ class SRNN(SequenceModel):
 
     Training: :meth:`elbo` (the Trainer minimises ``.loss``); KL warm-up through the protocol's
     ``kl_weight`` attribute (``SequenceModel.kl_weight``, set by the Trainer every step).
+
+    Dropout (``config.dropout``) is a training regulariser: :meth:`bound` (hence :meth:`elbo`)
+    applies it when the module is in training mode, with masks drawn from its ``generator`` when one
+    is given (the global RNG otherwise). The inference methods (:meth:`log_likelihood`,
+    :meth:`smooth`, :meth:`filter`, :meth:`impute`, :meth:`forecast`, :meth:`sample` and the
+    rollout) describe the model itself, the network without dropout, so they never apply it, in
+    training mode or not; the reference code likewise evaluates deterministically. Their results
+    depend only on the weights, the inputs and ``generator``.
     """
 
     config_class = SRNNConfig
@@ -371,13 +382,14 @@ class SRNN(SequenceModel):
         return u.to(dtype=p.dtype, device=p.device)
 
     def _inputs(
-        self, x: Tensor, mask: Tensor | None, u: Tensor | None, fn: str
+        self, x: Tensor, mask: Tensor | None, u: Tensor | None, fn: str, name: str = "x"
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Check x (B, T, D), mask and u; -> x with missing entries 0, observed (B, T, D) bool, u."""
+        """Check x (B, T, D) with B, T >= 1 (``name``: the caller's name for it), mask and u;
+        -> x with missing entries 0, observed (B, T, D) bool, u."""
         D = self.config.obs_dim
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != D or x.shape[1] < 1:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != D or x.shape[0] < 1 or x.shape[1] < 1:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"SRNN.{fn}: x must have shape (B, T, {D}) with T >= 1; got {got}")
+            raise ValueError(f"SRNN.{fn}: {name} must have shape (B, T, {D}) with B >= 1 and T >= 1; got {got}")
         p = self._param()
         x = x.to(dtype=p.dtype, device=p.device)
         observed = ~torch.isnan(x)
@@ -404,10 +416,12 @@ class SRNN(SequenceModel):
             u = F.pad(x[:, :-1], (0, 0, 1, 0))
         return self.input_features(u) if self.config.control_dim else self.features(u)
 
-    def _encode(self, x: Tensor, observed: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(
+        self, x: Tensor, observed: Tensor, d: Tensor, dropout: bool, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
         """The proposal's context: a (B, T, a) and where q falls back to the prior, (B, T) bool."""
         read = observed.all(-1)  # the encoder reads only fully observed steps
-        enc_in = torch.cat([self._drop(d), self._drop(self.features(x))], -1)
+        enc_in = torch.cat([self._drop(d, dropout, generator), self._drop(self.features(x), dropout, generator)], -1)
         if self.backward_gru is not None:
             a = _run_gru(self.backward_gru, enc_in, None if bool(read.all()) else read, reverse=True)
             # After the last observed entry there is nothing left to explain.
@@ -418,10 +432,17 @@ class SRNN(SequenceModel):
             use_prior = ~read
         return a, use_prior
 
-    def _drop(self, h: Tensor) -> Tensor:
-        """Training-time dropout on a non-recurrent connection (``config.dropout``)."""
+    def _drop(self, h: Tensor, dropout: bool, generator: torch.Generator | None) -> Tensor:
+        """Dropout with probability ``config.dropout`` on a non-recurrent connection when ``dropout``
+        is on (only :meth:`bound` in training mode turns it on): ``h * m / (1 - p)``, m_i ~ Bernoulli(1 - p).
+        The masks come from ``generator``, or from the global RNG (``F.dropout``) without one."""
         p = self.config.dropout
-        return F.dropout(h, p, training=True) if p > 0 and self.training else h
+        if not dropout or p == 0:
+            return h
+        if generator is None:
+            return F.dropout(h, p, training=True)
+        keep = torch.rand(h.shape, generator=generator, dtype=h.dtype, device=h.device) >= p
+        return h * keep / (1.0 - p)
 
     def _observation(self, h_out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Output-MLP features -> logits (Bernoulli) or mean and floored log variance (Gaussian)."""
@@ -457,19 +478,25 @@ class SRNN(SequenceModel):
         generator: torch.Generator | None,
         noise: bool = True,
         start: tuple[Tensor, Tensor] | None = None,
+        dropout: bool = False,
     ) -> _Pass:
         """Sample z ~ q for ``num_samples`` copies of each sequence and score them; batch S*B, s-major.
         ``noise=False`` takes every z_t at the mean of q(z_t | z_{t-1}, ...) instead (the q-mean path).
-        ``start``: the states (z_0, d_0), each (B, .), the recurrence starts from (zeros by default)."""
+        ``start``: the states (z_0, d_0), each (B, .), the recurrence starts from (zeros by default).
+        ``dropout``: apply ``config.dropout`` (the training objective only), masks from ``generator``."""
         B, T, _ = x.shape
         S = num_samples
         z0, d0 = (None, None) if start is None else start
-        phi_u = self._drop(self._input_features(x, u))
+
+        def drop(h: Tensor) -> Tensor:
+            return self._drop(h, dropout, generator)
+
+        phi_u = drop(self._input_features(x, u))
         # d is a function of the inputs alone unless an input is a missing x_{t-1}: then it
         # depends on a draw and is built inside the loop; the encoder uses this zero-filled version.
         d_enc = _run_gru(self.forward_gru, phi_u, None, h0=d0)
         missing_inputs = u is None and not bool(observed[:, :-1].all())
-        a, use_prior = self._encode(x, observed, d_enc)
+        a, use_prior = self._encode(x, observed, d_enc, dropout, generator)
 
         def rep(t: Tensor) -> Tensor:
             return t.repeat(S, *([1] * (t.dim() - 1)))
@@ -477,7 +504,7 @@ class SRNN(SequenceModel):
         x_r, obs_r, a_r, prior_r = rep(x), rep(observed), rep(a), rep(use_prior)
         post_ctx = self.posterior.project(a_r)
         d_all = None if missing_inputs else rep(d_enc)
-        prior_ctx = None if d_all is None else self.prior.project(self._drop(d_all))
+        prior_ctx = None if d_all is None else self.prior.project(drop(d_all))
         dtype, device = x.dtype, x.device
         z = torch.zeros(S * B, self.config.state_dim, dtype=dtype, device=device) if z0 is None else rep(z0)
         h = torch.zeros(1, S * B, self.config.deterministic_dim, dtype=dtype, device=device) if d0 is None else rep(d0)[None]
@@ -485,9 +512,9 @@ class SRNN(SequenceModel):
         zs, ds, xs, outs, kls, ratios = [], [], [], [], [], []
         for t in range(T):
             if d_all is None:
-                h = self.forward_gru(self._drop(self.features(x_prev)), h)[1]
+                h = self.forward_gru(drop(self.features(x_prev)), h)[1]
                 d_t = h[0]
-                p_ctx = self.prior.project(self._drop(d_t))
+                p_ctx = self.prior.project(drop(d_t))
             else:
                 d_t, p_ctx = d_all[:, t], prior_ctx[:, t]
             mp, lp = self.prior(p_ctx, z)
@@ -504,7 +531,7 @@ class SRNN(SequenceModel):
             zs.append(z)
             ds.append(d_t)
             if d_all is None:
-                out = self._observation(torch.cat([self._drop(d_t), self._drop(z)], -1))
+                out = self._observation(torch.cat([drop(d_t), drop(z)], -1))
                 x_t = torch.where(obs_r[:, t], x_r[:, t], self._draw_obs(*out, generator))
                 outs.append(out)
                 xs.append(x_t)
@@ -515,7 +542,7 @@ class SRNN(SequenceModel):
             out_b = None if outs[0][1] is None else torch.stack([o[1] for o in outs], 1)
             x_full = torch.stack(xs, 1)
         else:
-            out_a, out_b = self._observation(torch.cat([self._drop(d_seq), self._drop(z_seq)], -1))
+            out_a, out_b = self._observation(torch.cat([drop(d_seq), drop(z_seq)], -1))
             # Draw only when something is missing: the draw would cost time and generator state.
             x_full = x_r if bool(obs_r.all()) else torch.where(obs_r, x_r, self._draw_obs(out_a, out_b, generator))
         return _Pass(
@@ -540,6 +567,9 @@ class SRNN(SequenceModel):
         missing entries are left out of the first sum. Returns an :class:`SRNNBound` of (B,) tensors.
         ``start`` = (z_0 (B, z), d_0 (B, d)) continues sequences from an earlier chunk's ``end``
         (truncated backpropagation through time; detach it first); zeros by default.
+        In training mode with ``config.dropout > 0`` this is the dropped-out training objective:
+        its masks are drawn from ``generator`` along with the posterior noise, so the same
+        generator state gives the same bound whatever the global seed (the global RNG when None).
         """
         x, observed, u = self._inputs(x, mask, u, "bound")
         if start is not None:
@@ -550,7 +580,7 @@ class SRNN(SequenceModel):
                 got = tuple(tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in start)
             if got != want:
                 raise ValueError(f"SRNN.bound: start must be (z_0, d_0) of shapes {want[0]} and {want[1]}; got {got}")
-        run = self._run(x, observed, u, 1, generator, start=start)
+        run = self._run(x, observed, u, 1, generator, start=start, dropout=self.training)
         ll, kl = run.log_lik.sum(1), run.kl.sum(1)
         return SRNNBound(elbo=ll - kl, log_likelihood=ll, kl=kl, num_steps=observed.any(-1).sum(1),
                          end=(run.z_last, run.d_last))
@@ -595,7 +625,8 @@ class SRNN(SequenceModel):
         sequential proposal q. A lower bound that rises with K towards log p(x_obs); K = 1 equals
         the ELBO in expectation. The samples run ``chunk_size`` at a time, so memory stays bounded
         for any K: by default as many as keep a chunk at or below ``CHUNK_STEPS`` = 2^17
-        sequence-steps (chunk_size * B * T), about 2 GB at the music sizes. Runs without gradients.
+        sequence-steps (chunk_size * B * T), about 2 GB at the music sizes. Runs without gradients
+        and without dropout, in training mode too (it scores the model, not a thinned network).
         """
         x, observed, u = self._inputs(x, mask, u, "log_likelihood")
         self._check_count(num_samples, "num_samples", "log_likelihood")
@@ -614,9 +645,9 @@ class SRNN(SequenceModel):
     # -- posterior, imputation, forecasting, sampling ----------------------------------------------
     def _posterior(
         self, x: Tensor, mask: Tensor | None, u: Tensor | None, num_samples: int,
-        generator: torch.Generator | None, fn: str, noise: bool = True,
+        generator: torch.Generator | None, fn: str, noise: bool = True, name: str = "x",
     ) -> tuple[SRNNPosterior, _Pass]:
-        x, observed, u = self._inputs(x, mask, u, fn)
+        x, observed, u = self._inputs(x, mask, u, fn, name)
         self._check_count(num_samples, "num_samples", fn)
         with torch.no_grad():
             run = self._run(x, observed, u, num_samples, generator, noise)
@@ -712,15 +743,16 @@ class SRNN(SequenceModel):
         check_future_controls_type(u_future, "SRNN.forecast")
         self._check_count(horizon, "horizon", "forecast")
         self._check_count(num_samples, "num_samples", "forecast")
-        if not isinstance(x_context, Tensor) or x_context.dim() != 3:
+        D = self.config.obs_dim
+        if not isinstance(x_context, Tensor) or x_context.dim() != 3 or min(x_context.shape[:2]) < 1:
             got = tuple(x_context.shape) if isinstance(x_context, Tensor) else type(x_context).__name__
-            raise ValueError(f"SRNN.forecast: x_context must have shape (B, T, {self.config.obs_dim}); got {got}")
+            raise ValueError(f"SRNN.forecast: x_context must have shape (B, T, {D}) with B >= 1 and T >= 1; got {got}")
         B = x_context.shape[0]
         if self.config.control_dim:
             u_future = self._check_u(u_future, B, horizon, "forecast", "u_future")
         elif u_future is not None:
             raise ValueError("SRNN.forecast: u_future is given but the model has control_dim = 0 (its inputs are x_{t-1})")
-        post, run = self._posterior(x_context, mask, u, num_samples, generator, "forecast")
+        post, run = self._posterior(x_context, mask, u, num_samples, generator, "forecast", name="x_context")
         S = num_samples
         last_x = post.observations[:, :, -1].reshape(S * B, 1, -1)
         with torch.no_grad():
@@ -787,7 +819,24 @@ class SRNN(SequenceModel):
     ) -> tuple[tuple[Tensor, Tensor], RolloutStep]:
         """d <- GRU(phi(u), d), z ~ p(z | z, d) (its mean without noise); observation: the predictive
         mean of x given (z, d) (the Bernoulli probabilities or the Gaussian mean); latent: z;
-        log_prob: log p(z | z_prev, d), 0 without noise."""
+        log_prob: log p(z | z_prev, d), 0 without noise.
+
+        ``carry`` = (z (N, state_dim), d (N, deterministic_dim)), as from :meth:`rollout_start` or
+        the previous step; u (N, control_dim)."""
+        c = self.config
+        if not c.control_dim:
+            raise ValueError("SRNN.rollout_step: the model has control_dim = 0 (its inputs are x_{t-1}); a simulator needs actions as inputs")
+        if not (isinstance(carry, tuple) and len(carry) == 2 and all(isinstance(t, Tensor) for t in carry)
+                and carry[0].dim() == 2 and carry[1].dim() == 2 and carry[0].shape[0] == carry[1].shape[0]
+                and carry[0].shape[1] == c.state_dim and carry[1].shape[1] == c.deterministic_dim):
+            if isinstance(carry, tuple):
+                got: object = tuple(tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in carry)
+            else:
+                got = type(carry).__name__
+            raise ValueError(
+                f"SRNN.rollout_step: carry must be the (z, d) of rollout_start, z (N, {c.state_dim}) and "
+                f"d (N, {c.deterministic_dim}) with the same N; got {got}"
+            )
         z, d = carry
         u = check_step_controls(u, z.shape[0], self.config.control_dim, z, "SRNN.rollout_step")
         z, d, log_p = self._transition(z, d, self.input_features(u[:, None]), generator, noise)

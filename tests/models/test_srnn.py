@@ -241,11 +241,77 @@ def test_dropout_acts_in_training_only():
     dropped.eval()
     assert torch.equal(plain.bound(x, generator=gen()).elbo, dropped.bound(x, generator=gen()).elbo)
     dropped.train()
-    torch.manual_seed(1)
-    first = dropped.bound(x, generator=gen()).elbo
-    torch.manual_seed(2)
-    assert not torch.equal(first, dropped.bound(x, generator=gen()).elbo)  # fresh masks
+    g = gen()
+    first = dropped.bound(x, generator=g).elbo
+    assert not torch.equal(first, dropped.bound(x, generator=g).elbo)  # fresh masks per call
     assert not torch.equal(first, plain.bound(x, generator=gen()).elbo)
+    # Training through elbo (no generator) draws its masks from the global RNG.
+    torch.manual_seed(1)
+    a = dropped.elbo(x).loss
+    torch.manual_seed(1)
+    assert torch.equal(a, dropped.elbo(x).loss)
+    torch.manual_seed(2)
+    assert not torch.equal(a, dropped.elbo(x).loss)
+
+
+@pytest.mark.parametrize("control_dim", [0, 2])
+def test_dropout_masks_come_from_the_generator_not_the_global_rng(control_dim):
+    """Same generator, same result, whatever the global seed: in training mode with dropout, bound
+    draws its masks from the generator, and the inference methods apply no dropout at all."""
+    m = model(dropout=0.3, likelihood="gaussian", control_dim=control_dim)
+    x = torch.randn(2, 5, 5, dtype=torch.float64)
+    u = torch.randn(2, 5, 2, dtype=torch.float64) if control_dim else None
+    uf = torch.randn(2, 3, 2, dtype=torch.float64) if control_dim else None
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[:, 2] = False
+    calls = {
+        "bound": lambda g: m.bound(x, u=u, generator=g).elbo,
+        "log_likelihood": lambda g: m.log_likelihood(x, u=u, num_samples=3, generator=g),
+        "smooth": lambda g: m.smooth(x, u=u, num_samples=3, generator=g).states,
+        "impute": lambda g: m.impute(x, mask, u=u, num_samples=3, generator=g).samples,
+        "forecast": lambda g: m.forecast(x, 3, uf, num_samples=3, generator=g, u=u).samples,
+    }
+    results = {}
+    for mode in ("train", "eval"):
+        getattr(m, mode)()
+        for name, call in calls.items():
+            torch.manual_seed(1)
+            first = call(gen(7))
+            torch.manual_seed(2)
+            assert torch.equal(first, call(gen(7))), (mode, name)
+            results[mode, name] = first
+    for name in calls:  # the inference methods score the network without dropout
+        same = torch.equal(results["train", name], results["eval", name])
+        assert same == (name != "bound"), name
+
+
+def test_batch_of_zero_sequences_is_refused():
+    m = model()
+    empty = binary(2, 4)[:0]
+    for call in (lambda: m.elbo(empty), lambda: m.bound(empty), lambda: m.log_likelihood(empty, num_samples=2),
+                 lambda: m.smooth(empty, num_samples=2), lambda: m.impute(empty, num_samples=2)):
+        with pytest.raises(ValueError, match=r"x must have shape \(B, T, 5\) with B >= 1 and T >= 1; got \(0, 4, 5\)"):
+            call()
+    with pytest.raises(ValueError, match=r"x_context must have shape \(B, T, 5\) with B >= 1.*\(0, 4, 5\)"):
+        m.forecast(empty, 2, num_samples=2)
+    with pytest.raises(ValueError, match=r"x must have shape.*B >= 1.*\(0, 4, 5\)"):
+        model(control_dim=2).rollout_start(empty, torch.zeros(0, 4, 2))
+
+
+def test_rollout_step_checks_its_carry():
+    m = model(control_dim=2, likelihood="gaussian")
+    x, u = torch.randn(2, 4, 5, dtype=torch.float64), torch.randn(2, 4, 2, dtype=torch.float64)
+    z, d = m.rollout_start(x, u, num_particles=3, generator=gen())
+    assert z.shape == (6, 3) and d.shape == (6, 8)
+    a = torch.zeros(6, 2, dtype=torch.float64)
+    (z1, d1), step = m.rollout_step((z, d), a, generator=gen())
+    assert z1.shape == (6, 3) and d1.shape == (6, 8) and step.observation.shape == (6, 5)
+    bad = [z, (z,), (z, d, d), (d, z), (z, d[:4]), (z[0], d), (z, d.numpy()), [z, d]]
+    for carry in bad:
+        with pytest.raises(ValueError, match=r"carry must be the \(z, d\) of rollout_start, z \(N, 3\) and d \(N, 8\)"):
+            m.rollout_step(carry, a)
+    with pytest.raises(ValueError, match="control_dim = 0"):
+        model().rollout_step((z, d), None)
 
 
 def test_gradients_reach_every_parameter():
