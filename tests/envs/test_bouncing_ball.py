@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from seqlvm.envs import SCENES, BouncingBallEnv
+from seqlvm.envs import SCENES, BouncingBallEnv, Scene
+from seqlvm.envs.physics import BallState, Paddle, Wall, advance
 
 HEXAGON = [(3.0, 1.0), (1.0, 15.0), (8.0, 30.0), (25.0, 30.0), (30.0, 8.0), (15.0, 1.0)]
 RADIUS = 3.0
@@ -50,6 +52,58 @@ def test_no_tunnelling_at_extreme_speed() -> None:
     states = _states(env, 2000, np.random.default_rng(0).uniform(-1, 1, size=(2000, 2)))
     assert np.hypot(states[:, 2], states[:, 3]).max() > 500
     assert states[:, :2].min() >= 5 - 1e-9 and states[:, :2].max() <= 27 + 1e-9
+
+
+def _folded_flight(p: float, v: float, duration: float, lo: float = 5.0, hi: float = 27.0) -> tuple[float, float]:
+    """Exact flight of one coordinate between two elastic walls: unfold, fly straight, fold back."""
+    span = hi - lo
+    u = (p - lo if v >= 0 else 2 * span - (p - lo)) + abs(v) * duration
+    q = u % (2 * span)
+    return (lo + q, abs(v)) if q <= span else (lo + 2 * span - q, -abs(v))
+
+
+@pytest.mark.parametrize("speed", [5000.0, 20000.0])
+def test_fast_ball_keeps_its_exact_flight(speed: float) -> None:
+    """At 5000 px/s a step crosses the box ~45 times per axis: every impact must be kept, so each
+    step equals the folded straight flight (before the fix the motion was cut after 64 impacts)."""
+    env = BouncingBallEnv("box", push_scale=speed, max_speed=speed)
+    env.reset(seed=0)
+    x, y, vx, vy = env.step(np.array([1.0, 0.7], np.float32))[4]["state"]
+    assert math.hypot(vx, vy) == pytest.approx(speed)
+    for _ in range(10):
+        (x, vx), (y, vy) = _folded_flight(x, vx, 0.2), _folded_flight(y, vy, 0.2)
+        state = env.step(None)[4]["state"]
+        np.testing.assert_allclose(state, [x, y, vx, vy], rtol=0, atol=1e-8)
+        x, y, vx, vy = state
+
+
+def test_wedged_disc_still_ends_its_step() -> None:
+    """A disc touching two walls at once bounces between them in zero time: the impact budget
+    stops it, and it stays where it is."""
+    scene = Scene(walls=(Wall((0.0, 10.0), (32.0, 10.0)), Wall((0.0, 16.0), (32.0, 16.0))))
+    state = BallState(16.0, 13.0, 0.0, 100.0)
+    advance(state, scene)
+    assert (state.x, state.y) == (16.0, 13.0) and abs(state.vy) == 100.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("size", 0), ("size", 2.5), ("size", True), ("dt", 0.0), ("dt", -0.2), ("dt", math.nan), ("radius", 0.0),
+     ("radius", -3.0), ("radius", math.inf), ("gravity", (0.0, math.nan)), ("gravity", (1.0,)),
+     ("speed_range", (math.nan, 1.0)), ("speed_range", (5.0, 1.0)), ("speed_range", (-1.0, 1.0)),
+     ("init_mean", (16.0, math.inf)), ("init_std", -1.0), ("init_clip", (26.0, 6.0)),
+     ("ball_elasticity", 1.5), ("ball_elasticity", -0.1), ("walls", (Wall((0.0, 0.0), (1.0, 1.0), elasticity=2.0),)),
+     ("walls", (Wall((0.0, math.nan), (1.0, 1.0)),)), ("walls", ((0.0, 1.0),)),
+     ("paddles", (Paddle(x=0.0, speed=math.nan),)), ("paddles", (Paddle(x=0.0, elasticity=1.1),))],
+)
+def test_scene_rejects_bad_fields(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"Scene: {field}"):
+        dataclasses.replace(SCENES["box"], **{field: value})
+
+
+def test_scene_takes_lists_of_walls_as_tuples() -> None:
+    scene = Scene(walls=list(SCENES["box"].walls))
+    assert scene == SCENES["box"] and isinstance(scene.walls, tuple)
 
 
 @pytest.mark.parametrize("seed", range(3))
