@@ -1,9 +1,14 @@
 """The typer application behind the ``seqlvm`` console script.
 
 Commands live one module each (``cli/<name>.py``) and register with :func:`command`, which turns
-user errors (``ValueError``, ``TypeError``, ``FileNotFoundError``) into one line on stderr and exit
-code 2; ``--verbose`` (before or after the command's name) re-raises them with the traceback
-instead.
+user errors into one line on stderr and exit code 2; ``--verbose`` (before or after the command's
+name) re-raises them with the traceback instead.
+
+User errors are ``ValueError`` and ``TypeError`` (bad arguments or files, named by the commands'
+own checks) and every ``OSError`` (a missing file, a permission denied, a path whose parent is a
+file, a full disk, a read-only folder): these are about the user's files and machine, fixable by
+the user, and a traceback adds nothing to the path and reason the message already gives. Commands
+still check their output paths themselves where they can, so that the message names the option.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+USER_ERRORS = (ValueError, TypeError, OSError)
 _state = {"verbose": False}
 
 
@@ -44,7 +49,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
             except USER_ERRORS as err:
                 if verbose or _state["verbose"]:
                     raise
-                typer.echo(f"error: {err}", err=True)
+                typer.echo(f"error: {_one_line(err)}", err=True)
                 raise typer.Exit(2) from None
 
         # typer reads the options from the signature: fn's, plus --verbose.
@@ -55,6 +60,15 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
         return app.command(*args, **kwargs)(wrapper)
 
     return register
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line; an ``OSError`` from the OS as "PATH: reason"."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.filename}: {err.strerror}" + (f" (-> {err.filename2})" if err.filename2 is not None else "")
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main() -> None:

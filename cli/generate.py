@@ -36,12 +36,15 @@ def generate(
     and likewise BouncingBallGravity-v0 (box_gravity), BouncingBallPolygon-v0 (polygon), Pong-v0 (pong).
     """
     from seqlvm.data.generate import plan_generation
+    from seqlvm.data.h5 import check_output_path, check_seed
 
-    for flag, value, low in (("--episodes", episodes, 1), ("--steps", steps, 1), ("--seed", seed, 0), ("--workers", workers, 1)):
+    for flag, value, low in (("--episodes", episodes, 1), ("--steps", steps, 1), ("--workers", workers, 1)):
         if value < low:
             raise ValueError(f"{flag}: got {value}; expected an integer >= {low}")
+    check_seed(seed, "--seed")
     if out.suffix.lower() not in _SUFFIXES:
         raise ValueError(f"--out: got {str(out)!r}; expected a file name ending in {' or '.join(_SUFFIXES)}")
+    check_output_path(out, "--out")  # not a directory, no file in the way of its folders
     if out.exists() and not force:
         raise ValueError(f"--out: {str(out)!r} exists; pass --force to replace it")
     kwargs = parse_env_kwargs(env_kwargs)

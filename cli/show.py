@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from seqlvm.cli.app import command
@@ -19,7 +20,8 @@ def show(
 ) -> None:
     """Write episodes of FILE as an animated GIF or a PNG grid of their frames."""
     from seqlvm.data import SequenceDataset
-    from seqlvm.viz import hstack_videos, save_gif, save_grid
+    from seqlvm.data.h5 import check_output_path
+    from seqlvm.viz import hstack_videos, save_gif, save_grid, to_uint8_frames
 
     kind = out.suffix.lower()
     if kind not in (".gif", ".png"):
@@ -28,15 +30,19 @@ def show(
         raise ValueError(f"--fps: got {fps}; expected > 0")
     if scale < 1:
         raise ValueError(f"--scale: got {scale}; expected an integer >= 1")
+    check_output_path(out, "--out")
     data = SequenceDataset(file, split="all", keys=("observations",))
     if not data.is_video:
         raise ValueError(f"FILE: {str(file)!r} holds vector series {data.obs_shape}; show draws video (N, T, H, W, C) files")
     bad = [i for i in episode if not 0 <= i < len(data)]
     if bad:
         raise ValueError(f"--episode: got {bad}; {str(file)!r} has episodes 0..{len(data) - 1}")
-    videos = [data[i]["x"] for i in episode]
+    # The dataset gives the models' (T, C, H, W) layout; say so rather than let the viz helpers guess
+    # from the sizes (a frame 1 or 3 pixels wide would pass for channel-last). Channel-last uint8
+    # from here on, which every helper reads unambiguously.
+    videos = [to_uint8_frames(data[i]["x"], channel_first=True) for i in episode]
     if kind == ".gif":
         save_gif(hstack_videos(videos), out, fps=fps, scale=scale)
     else:
-        save_grid([v.numpy() for v in videos], out, scale=scale)
+        save_grid(np.stack(videos), out, scale=scale)
     typer.echo(f"wrote {out}")

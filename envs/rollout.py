@@ -56,9 +56,18 @@ def encode_action(space: spaces.Space, action: object) -> np.ndarray:
     return np.asarray(action, dtype=np.float32).reshape(action_dim(space))
 
 
-def rollout(env: gym.Env, policy: Policy, num_steps: int, seed: int, policy_seed: int) -> Episode:
+def rollout(
+    env: gym.Env, policy: Policy, num_steps: int, seed: int, policy_seed: int, *, episode: int | None = None
+) -> Episode:
     """Reset ``env`` with ``seed`` and ``policy`` with ``policy_seed``, then take ``num_steps − 1``
     steps; returns ``num_steps`` observations (and the ground truth ``info["state"]`` if the env has one).
+
+    Episodes have a fixed length (data sets store ``(N, T, ...)`` arrays), and stepping an env after
+    it returned ``terminated`` or ``truncated`` is undefined in gymnasium. So an episode that ends
+    before its last observation (``terminated`` or ``truncated`` at step ``t < num_steps − 1``) raises
+    ``ValueError`` naming the env, the step and ``num_steps`` (and ``episode``, the index within a
+    collection, when given); an end at the last step is fine, since nothing is stepped after it.
+    Nothing is padded or cut silently.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps: got {num_steps}; expected >= 1")
@@ -71,11 +80,24 @@ def rollout(env: gym.Env, policy: Policy, num_steps: int, seed: int, policy_seed
     for t in range(num_steps):
         if t:
             action = policy(obs, info)
-            obs, _, _, _, info = env.step(action)
+            obs, _, terminated, truncated, info = env.step(action)
             observations[t], actions[t] = obs, encode_action(env.action_space, action)
+            if (terminated or truncated) and t < num_steps - 1:
+                how = "terminated" if terminated else "truncated"
+                which = f"episode {episode}" if episode is not None else f"the episode of reset seed {seed}"
+                raise ValueError(
+                    f"num_steps: got {num_steps}; {_env_name(env)} {how} {which} at step {t}, after {t + 1} "
+                    f"observations; episodes have a fixed length, so use fewer steps or an environment "
+                    f"whose episodes last {num_steps} observations"
+                )
         if states is not None:
             states[t] = info["state"]
     return Episode(observations, actions, states)
+
+
+def _env_name(env: gym.Env) -> str:
+    spec = env.spec if env.spec is not None else env.unwrapped.spec
+    return repr(spec.id) if spec is not None else type(env.unwrapped).__name__
 
 
 def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
@@ -114,5 +136,5 @@ def roll_episodes(
         env = gym.make(env_id, **env_kwargs).unwrapped
         _CACHE.update(key=key, env=env, policy=make_policy(env, policy))
     env, pol = _CACHE["env"], _CACHE["policy"]
-    episodes = [rollout(env, pol, num_steps, *episode_seeds(seed, i)) for i in range(start, stop)]
+    episodes = [rollout(env, pol, num_steps, *episode_seeds(seed, i), episode=i) for i in range(start, stop)]
     return Episode(*(None if arrays[0] is None else np.stack(arrays) for arrays in zip(*episodes)))

@@ -27,17 +27,31 @@ def split_indices(num_sequences: int, split: str, fractions: Sequence[float] = (
     The rows are permuted by ``numpy.random.default_rng(seed)`` and cut at the rounded cumulative
     fractions, so the three splits are disjoint, cover every row and depend only on
     ``(num_sequences, fractions, seed)``. ``"all"`` is every row in file order.
+
+    Checks (``ValueError`` naming the argument, also for ``"all"``): ``split`` is one of
+    :data:`SPLITS`, ``fractions`` are three finite numbers >= 0 summing to 1 (to 1e-6), ``seed`` is
+    an integer >= 0 (not a bool).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split: got {split!r}; expected one of {SPLITS}")
+    _check_split_arguments(split, fractions, seed)
     fr = np.asarray(fractions, dtype=np.float64)
-    if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"split_fractions: got {tuple(fractions)}; expected three non-negative numbers summing to 1")
     if split == "all":
         return np.arange(num_sequences)
     cuts = np.round(np.cumsum(fr)[:2] * num_sequences).astype(int)
     parts = np.split(np.random.default_rng(seed).permutation(num_sequences), cuts)
     return np.sort(parts[("train", "valid", "test").index(split)])
+
+
+def _check_split_arguments(split: str, fractions: Sequence[float], seed: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split: got {split!r}; expected one of {SPLITS}")
+    try:
+        fr = np.asarray(fractions, dtype=np.float64)
+    except (TypeError, ValueError):
+        fr = None
+    if fr is None or fr.shape != (3,) or not np.isfinite(fr).all() or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
+        raise ValueError(f"split_fractions: got {fractions!r}; expected three finite non-negative numbers summing to 1")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or seed < 0:
+        raise ValueError(f"seed: got {seed!r}; expected an integer >= 0 (the seed of the split permutation)")
 
 
 class SequenceDataset(Dataset):
@@ -52,7 +66,11 @@ class SequenceDataset(Dataset):
     The file is opened lazily, once per process, on the first item, so every ``DataLoader``
     worker gets its own handle (HDF5 handles must not cross a fork); the constructor only reads and
     checks the metadata, and raises ``FileNotFoundError`` / ``ValueError`` naming the file and the
-    problem (not HDF5, truncated, wrong layout, missing key, empty split).
+    problem (not HDF5, truncated, wrong layout, missing key, empty split). The metadata checks:
+    ``format_version`` is an integer attribute no newer than this seqlvm reads; ``/observations``
+    and each loaded optional key are datasets (not groups) of the documented shapes and dtypes;
+    ``env_kwargs``, when present, is a JSON object. ``split``, ``split_fractions`` and ``seed``
+    are checked (see :func:`split_indices`) before the file is opened.
 
     Args:
         path:            the ``.h5`` file.
@@ -78,6 +96,7 @@ class SequenceDataset(Dataset):
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         seed: int = 0,
     ) -> None:
+        _check_split_arguments(split, split_fractions, seed)
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"path: no such file {str(self.path)!r}")
@@ -99,7 +118,12 @@ class SequenceDataset(Dataset):
     def _read_metadata(self, f: h5py.File, keys: Sequence[str] | None) -> None:
         if "format_version" not in f.attrs:
             raise ValueError(f"{self.path}: no 'format_version' attribute; not a seqlvm sequence file")
-        version = int(f.attrs["format_version"])
+        version = f.attrs["format_version"]
+        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+            raise ValueError(
+                f"{self.path}: attribute format_version is {version!r}; expected an integer (not a seqlvm sequence file?)"
+            )
+        version = int(version)
         if version > FORMAT_VERSION:
             raise ValueError(f"{self.path}: format_version {version}; this seqlvm reads up to {FORMAT_VERSION}")
         present = [k for k in ("observations", *_OPTIONAL) if k in f]
@@ -112,6 +136,9 @@ class SequenceDataset(Dataset):
         if missing:
             raise ValueError(f"{self.path}: missing dataset(s) {missing}; the file holds {present}")
         self.keys = tuple(dict.fromkeys(("observations", *keys)))
+        for key in self.keys:
+            if not isinstance(f[key], h5py.Dataset):
+                raise ValueError(f"{self.path}: /{key} is a {type(f[key]).__name__}, not a dataset; expected an (N, T, ...) array")
         obs = f["observations"]
         if obs.ndim == 5 and obs.dtype == np.uint8:
             self.is_video = True
@@ -135,7 +162,14 @@ class SequenceDataset(Dataset):
         self.action_dim, self.state_dim = dims["actions"], dims["states"]
         self.attrs: dict[str, Any] = {k: v.item() if isinstance(v, np.generic) else v for k, v in f.attrs.items()}
         if "env_kwargs" in self.attrs:
-            self.attrs["env_kwargs"] = json.loads(self.attrs["env_kwargs"])
+            text = self.attrs["env_kwargs"]
+            try:
+                kwargs = json.loads(text) if isinstance(text, (str, bytes)) else None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{self.path}: attribute env_kwargs is not valid JSON ({err.msg}): {text!r}") from None
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"{self.path}: attribute env_kwargs is {text!r}; expected a JSON object")
+            self.attrs["env_kwargs"] = kwargs
 
     def __len__(self) -> int:
         return self.num_sequences

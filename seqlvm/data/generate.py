@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 import seqlvm.envs
-from seqlvm.data.h5 import SequenceWriter
+from seqlvm.data.h5 import SequenceWriter, check_output_path, check_seed
 from seqlvm.envs.rollout import POLICIES, Episode, action_dim, make_policy, roll_episodes
 
 __all__ = ["POLICIES", "Generation", "generate_dataset", "plan_generation", "resolve_env_id"]
@@ -95,12 +95,21 @@ def plan_generation(
     policy: str = "default",
 ) -> Generation:
     """Check every argument of :func:`generate_dataset` (building and resetting one environment)
-    without rolling anything; raises ``ValueError`` naming the argument at fault."""
-    for name, value, low in (
-        ("num_episodes", num_episodes, 1), ("num_steps", num_steps, 1), ("seed", seed, 0), ("workers", workers, 1)
-    ):
+    without rolling anything; raises ``ValueError`` naming the argument at fault.
+
+    Checked: ``num_episodes``, ``num_steps`` and ``workers`` are integers >= 1; ``seed`` is an
+    integer with ``0 <= seed < 2**64`` (:func:`seqlvm.data.h5.check_seed`); ``out`` is not a
+    directory and has no regular file among its ancestors (:func:`seqlvm.data.h5.check_output_path`);
+    ``policy`` and ``env_kwargs`` are accepted by the environment; the observations are frames or
+    vectors; and ``num_steps - 1`` steps fit in the env's time limit (``max_episode_steps``), since
+    every episode of a file has exactly ``num_steps`` observations. An episode that the environment
+    itself terminates early can only be found by rolling it: :func:`seqlvm.envs.rollout` raises then.
+    """
+    for name, value, low in (("num_episodes", num_episodes, 1), ("num_steps", num_steps, 1), ("workers", workers, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}: got {value!r}; expected an integer >= {low}")
+    seed = check_seed(seed, "seed")
+    out = check_output_path(out, "out")
     if policy not in POLICIES:
         raise ValueError(f"policy: got {policy!r}; expected one of {POLICIES}")
     env_kwargs = dict(env_kwargs or {})
@@ -125,9 +134,16 @@ def plan_generation(
         raise ValueError(
             f"env_id: {name!r} observes {obs.dtype} {obs.shape}; expected uint8 (H, W, C) frames or a real vector (D,)"
         )
+    limit = probe.spec.max_episode_steps if probe.spec is not None else None
+    if limit is not None and num_steps - 1 > limit:
+        probe.close()
+        raise ValueError(
+            f"num_steps: got {num_steps}; {name!r} ends every episode after {limit} steps (max_episode_steps), "
+            f"so at most {limit + 1} observations fit in one episode"
+        )
     make_policy(probe, policy)
     generation = Generation(
-        name, Path(out), int(num_episodes), int(num_steps), int(seed), int(workers), env_kwargs, policy,
+        name, out, int(num_episodes), int(num_steps), int(seed), int(workers), env_kwargs, policy,
         obs.shape, obs_dtype, action_dim(probe.action_space), int(np.size(info["state"])) if "state" in info else None,
     )
     probe.close()
@@ -153,11 +169,14 @@ def generate_dataset(
     ``/states (N, T, S)``, with attributes ``env_id``, ``env_kwargs``, ``seed`` and ``policy``; see
     :mod:`seqlvm.data.h5` for the layout and :class:`seqlvm.envs.Episode` for the time alignment.
     Episode ``i`` is seeded by ``SeedSequence(seed, spawn_key=(i,))``: the file is the same for any
-    number of workers.
+    number of workers. Every episode has exactly ``num_steps`` observations: an environment that
+    ends an episode earlier (terminated, or truncated by its time limit) is an error
+    (``ValueError`` naming the env, the episode and the step), never a padded or overrun episode.
 
     Args:
         env_id:      a registered gymnasium id (``"module:id"`` imports ``module`` first).
-        out:         destination file, replaced atomically when complete.
+        out:         destination file, replaced atomically when complete; on any error (or
+                     Ctrl-C) the previous file is kept and no temporary file is left.
         workers:     processes that roll episodes in parallel (1 = in this process).
         env_kwargs:  keyword arguments for ``gymnasium.make``.
         policy:      ``"default"`` (the env's ``default_policy()``: no push for the bouncing balls,

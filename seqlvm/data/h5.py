@@ -17,6 +17,7 @@ no half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -28,14 +29,43 @@ import numpy as np
 
 import seqlvm
 
-__all__ = ["FORMAT_VERSION", "SequenceWriter", "write_sequences"]
+__all__ = ["FORMAT_VERSION", "MAX_SEED", "SequenceWriter", "check_output_path", "check_seed", "write_sequences"]
 
 FORMAT_VERSION = 1
+# The largest seed: the ``seed`` attribute is stored as an HDF5 uint64 (int64 below 2**63), and
+# numpy's SeedSequence takes any integer >= 0, so 0 <= seed < 2**64.
+MAX_SEED = 2**64 - 1
 _RESERVED = {"format_version", "seqlvm_version", "env_id", "env_kwargs", "seed"}
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 
+def check_seed(seed: Any, argument: str = "seed") -> int:
+    """``seed`` as an ``int``, checked to be an integer (not a bool) with ``0 <= seed <= MAX_SEED``
+    (what numpy's seeding and the file's uint64 ``seed`` attribute accept); else ``ValueError``
+    naming ``argument``."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{argument}: got {seed!r}; expected an integer with 0 <= {argument} < 2**64")
+    return int(seed)
+
+
+def check_output_path(path: str | os.PathLike[str], argument: str = "path") -> Path:
+    """``path`` as a ``Path``, checked to be usable as a new or replaced file: not an existing
+    directory, and no existing ancestor that is something other than a directory (a regular file
+    in the way of its folders). Raises ``ValueError`` naming ``argument``; touches nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{argument}: {str(path)!r} is a directory; expected a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{argument}: {str(path)!r} lies under {str(parent)!r}, which is a file, not a directory")
+            break
+    return path
+
+
 def _attr_value(name: str, value: Any) -> Any:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and not -(2**63) <= value <= MAX_SEED:
+        raise ValueError(f"{name}: got the integer {value}; HDF5 attributes hold integers in [-2**63, 2**64)")
     if isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
         return value
     try:
@@ -51,6 +81,12 @@ class SequenceWriter:
     vectors. ``action_dim`` / ``state_dim`` of ``None`` leave that dataset out. Rows are written with
     :meth:`write` in any order; leaving the ``with`` block renames the file into place when every
     row was written, and otherwise (an exception or missing rows) deletes it.
+
+    The constructor checks everything it can before touching the disk: the layout, ``path`` (see
+    :func:`check_output_path`), ``seed`` (see :func:`check_seed`) and the extra attributes. Whatever
+    fails later (creating the temporary file, closing it, the final rename) removes the temporary
+    file before the error propagates, so a failed write leaves the destination as it was and
+    nothing else behind.
 
     Example::
 
@@ -84,7 +120,7 @@ class SequenceWriter:
         clash = _RESERVED & set(attrs)
         if clash:
             raise ValueError(f"attrs: {sorted(clash)} are set by the writer itself")
-        self.path = Path(path)
+        self.path = check_output_path(path, "path")
         self.num_sequences, self.seq_len = int(num_sequences), int(seq_len)
         self._shapes = {"observations": (tuple(int(s) for s in obs_shape), dtype)}
         if action_dim is not None:
@@ -97,7 +133,7 @@ class SequenceWriter:
         if env_kwargs is not None or env_id is not None:
             meta["env_kwargs"] = json.dumps(env_kwargs or {}, sort_keys=True)
         if seed is not None:
-            meta["seed"] = int(seed)
+            meta["seed"] = check_seed(seed)
         meta.update({k: _attr_value(k, v) for k, v in attrs.items()})
         self._attrs = meta
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -106,12 +142,25 @@ class SequenceWriter:
 
     def __enter__(self) -> SequenceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self._tmp, "w")
-        for name, (shape, dtype) in self._shapes.items():
-            full = (self.num_sequences, self.seq_len, *shape)
-            self._file.create_dataset(name, shape=full, dtype=dtype, chunks=(1, *full[1:]), **_COMPRESSION)
-        self._file.attrs.update(self._attrs)
+        try:
+            self._file = h5py.File(self._tmp, "w")
+            for name, (shape, dtype) in self._shapes.items():
+                full = (self.num_sequences, self.seq_len, *shape)
+                self._file.create_dataset(name, shape=full, dtype=dtype, chunks=(1, *full[1:]), **_COMPRESSION)
+            self._file.attrs.update(self._attrs)
+        except BaseException:
+            self._discard()
+            raise
         return self
+
+    def _discard(self) -> None:
+        """Close the temporary file if open and delete it; never raises (an error is on its way)."""
+        file, self._file = self._file, None
+        with contextlib.suppress(Exception):
+            if file is not None:
+                file.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink(missing_ok=True)
 
     def write(
         self, start: int, observations: np.ndarray, actions: np.ndarray | None = None, states: np.ndarray | None = None
@@ -141,17 +190,20 @@ class SequenceWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._file is not None
-        self._file.close()
-        self._file = None
-        if exc_type is None and not self._written.all():
-            self._tmp.unlink()
-            missing = np.flatnonzero(~self._written)
-            raise ValueError(f"{self.path}: {len(missing)} of {self.num_sequences} sequences were never written")
-        if exc_type is not None:
-            self._tmp.unlink(missing_ok=True)
-            return
-        os.replace(self._tmp, self.path)
+        if self._file is None:
+            raise RuntimeError("SequenceWriter.__exit__() without __enter__()")
+        try:
+            self._file.close()
+            self._file = None
+            if exc_type is not None:
+                return  # the caller's exception propagates; the finally clause drops the file
+            if not self._written.all():
+                missing = np.flatnonzero(~self._written)
+                raise ValueError(f"{self.path}: {len(missing)} of {self.num_sequences} sequences were never written")
+            os.replace(self._tmp, self.path)
+        finally:
+            # After a successful rename the temporary name no longer exists; otherwise it goes.
+            self._discard()
 
 
 def write_sequences(

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from seqlvm.data import SequenceDataset, generate_dataset
+from seqlvm.data import SequenceDataset, generate_dataset, write_sequences
 from seqlvm.envs import ImageNavigationEnv, episode_seeds
 
 
@@ -106,3 +106,54 @@ def test_bad_arguments_fail_before_any_work(tmp_path, kwargs: dict, match: str) 
     with pytest.raises(ValueError, match=match):
         generate_dataset(**args)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**100, np.int64(-3)])
+def test_seed_out_of_range_fails_before_any_work(tmp_path, seed) -> None:
+    """Seeds live in [0, 2**64): numpy seeds are >= 0 and the ``seed`` attribute is an HDF5 uint64."""
+    with pytest.raises(ValueError, match=r"seed: got .*; expected an integer with 0 <= seed < 2\*\*64"):
+        generate_dataset("seqlvm/BouncingBall-v0", tmp_path / "x.h5", num_episodes=1, num_steps=2, seed=seed)
+    assert list(tmp_path.iterdir()) == []
+    path = generate_dataset("seqlvm/BouncingBall-v0", tmp_path / "x.h5", num_episodes=1, num_steps=2, seed=2**64 - 1)
+    assert SequenceDataset(path, split="all").attrs["seed"] == 2**64 - 1
+
+
+def test_output_path_in_the_way_fails_before_any_work(tmp_path, monkeypatch) -> None:
+    import seqlvm.data.generate as generate
+
+    def never(*args):
+        raise AssertionError("rolled episodes for an output path that cannot be written")
+
+    monkeypatch.setattr(generate, "roll_episodes", never)
+    folder = tmp_path / "dir.h5"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"out: .*dir.h5' is a directory"):
+        generate_dataset("seqlvm/BouncingBall-v0", folder, num_episodes=1, num_steps=2)
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ValueError, match=r"out: .*plain/x.h5' lies under .*which is a file"):
+        generate_dataset("seqlvm/BouncingBall-v0", tmp_path / "plain" / "x.h5", num_episodes=1, num_steps=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.h5", "plain"] and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "workers, episodes, which",
+    [(1, 3, "episode 0 at step 24"), (2, 60, r"episode \d+ at step \d+")],  # 2 blocks: either may fail first
+)
+def test_episode_ending_early_is_an_error_and_leaves_nothing(tmp_path, workers: int, episodes: int, which: str) -> None:
+    """CartPole terminates when the pole falls (episode 0 of seed 0 at step 24 under the random
+    policy); a fixed-length file cannot hold it, and stepping on is undefined in gymnasium."""
+    old = write_sequences(tmp_path / "cp.h5", np.zeros((1, 2, 4)))
+    before = old.read_bytes()
+    with pytest.raises(ValueError, match=f"num_steps: got 60; 'CartPole-v1' terminated {which}"):
+        generate_dataset("CartPole-v1", old, num_episodes=episodes, num_steps=60, seed=0, policy="random", workers=workers)
+    assert old.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["cp.h5"]
+
+
+def test_num_steps_beyond_the_envs_time_limit_fails_before_any_work(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"num_steps: got 502; 'CartPole-v1' ends every episode after 500 steps"):
+        generate_dataset("CartPole-v1", tmp_path / "cp.h5", num_episodes=1, num_steps=502)
+    with pytest.raises(ValueError, match=r"num_steps: got 4; .* after 2 steps \(max_episode_steps\)"):
+        generate_dataset("seqlvm/BouncingBall-v0", tmp_path / "b.h5", num_episodes=1, num_steps=4, env_kwargs={"max_episode_steps": 2})
+    assert list(tmp_path.iterdir()) == []
+    path = generate_dataset("seqlvm/BouncingBall-v0", tmp_path / "b.h5", num_episodes=1, num_steps=3, env_kwargs={"max_episode_steps": 2})
+    assert SequenceDataset(path, split="all").seq_len == 3

@@ -135,3 +135,73 @@ def test_foreign_and_wrong_layout_files(tmp_path) -> None:
         f["actions"] = np.zeros((2, 4, 1), np.float32)
     with pytest.raises(ValueError, match="mismatched.h5.*/actions has shape"):
         SequenceDataset(mismatched, split="all")
+
+
+def test_writer_checks_path_and_seed_before_touching_the_disk(tmp_path, video) -> None:
+    """A directory as destination, a file in the way of its folders, or a seed HDF5 cannot store
+    (numpy seeds are >= 0; the attribute is at most uint64) is a named ValueError, and nothing is written."""
+    folder = tmp_path / "dir.h5"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"path: .*dir.h5' is a directory"):
+        write_sequences(folder, **video)
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ValueError, match=r"path: .*plain/x.h5' lies under .*plain', which is a file"):
+        write_sequences(tmp_path / "plain" / "x.h5", **video)
+    for seed in (2**64, 2**100, -1, True, 1.5):
+        with pytest.raises(ValueError, match=r"seed: got .*; expected an integer with 0 <= seed < 2\*\*64"):
+            write_sequences(tmp_path / "s.h5", **video, seed=seed)
+    with pytest.raises(ValueError, match="big: got the integer"):
+        write_sequences(tmp_path / "s.h5", **video, big=2**70)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.h5", "plain"]
+    assert list(folder.iterdir()) == []
+    path = write_sequences(tmp_path / "s.h5", **video, seed=2**64 - 1)  # the largest seed round-trips
+    assert SequenceDataset(path, split="all").attrs["seed"] == 2**64 - 1
+
+
+def test_writer_removes_its_temporary_file_when_creating_it_fails(tmp_path, video, monkeypatch) -> None:
+    path = write_sequences(tmp_path / "v.h5", **video)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        with SequenceWriter(path, 6, 5, (4, 3, 2), np.uint8):
+            pass
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["v.h5"]
+
+
+def test_writer_removes_its_temporary_file_when_the_final_rename_fails(tmp_path, video, monkeypatch) -> None:
+    import seqlvm.data.h5 as h5
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(h5.os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        write_sequences(tmp_path / "v.h5", **video)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_layout_names_the_file_and_the_problem(tmp_path) -> None:
+    """Groups where datasets belong, a format_version that is not an integer and env_kwargs that
+    are not a JSON object are ValueErrors naming the file, not AttributeError/JSONDecodeError."""
+    cases = {
+        "obs_group": (lambda f: f.create_group("observations"), r"/observations is a Group, not a dataset"),
+        "actions_group": (lambda f: f.create_group("actions"), r"/actions is a Group, not a dataset"),
+        "version_str": (lambda f: f.attrs.__setitem__("format_version", "one"), r"format_version is 'one'; expected an integer"),
+        "version_float": (lambda f: f.attrs.__setitem__("format_version", 1.5), r"format_version is .*1\.5.*; expected an integer"),
+        "kwargs_json": (lambda f: f.attrs.__setitem__("env_kwargs", "{bad"), r"env_kwargs is not valid JSON"),
+        "kwargs_list": (lambda f: f.attrs.__setitem__("env_kwargs", "[1]"), r"env_kwargs is '\[1\]'; expected a JSON object"),
+    }
+    for name, (spoil, message) in cases.items():
+        path = tmp_path / f"{name}.h5"
+        with h5py.File(path, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            if name != "obs_group":
+                f["observations"] = np.zeros((4, 3, 2, 2, 1), np.uint8)
+            spoil(f)
+        with pytest.raises(ValueError, match=f"{name}.h5: .*{message}"):
+            SequenceDataset(path, split="all")

@@ -56,3 +56,24 @@ def test_dataloader_workers_open_their_own_handles(series) -> None:
     np.testing.assert_array_equal(x.numpy(), obs[ds.indices].astype(np.float32))
     assert batches[0]["states"].shape == (8, 4, 1)
     ds.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(fractions=(float("nan"), 0.5, 0.5)), "split_fractions: got"),
+        (dict(fractions=(float("inf"), -float("inf"), 1.0)), "split_fractions: got"),
+        (dict(fractions=("a", "b", "c")), "split_fractions: got"),
+        (dict(seed=-1), r"seed: got -1; expected an integer >= 0"),
+        (dict(seed=1.0), r"seed: got 1.0; expected an integer >= 0"),
+        (dict(seed=True), r"seed: got True; expected an integer >= 0"),
+    ],
+)
+@pytest.mark.parametrize("split", ["train", "all"])
+def test_bad_split_arguments_are_named(kwargs: dict, match: str, split: str, tmp_path) -> None:
+    with pytest.raises(ValueError, match=match):
+        split_indices(10, split, **kwargs)
+    # SequenceDataset checks them before it looks at the file (here: there is none).
+    renamed = {"split_fractions" if k == "fractions" else k: v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=match):
+        SequenceDataset(tmp_path / "absent.h5", split=split, **renamed)
