@@ -43,6 +43,7 @@ def plan(
     """Run --episodes episodes of the task with MPC and print the success rate and the planning time."""
     import gymnasium as gym
 
+    from seqlvm.data.generate import resolve_env_id
     from seqlvm.rl import check_model_fits, make_agent, make_task, run_episodes
     from seqlvm.viz import hstack_videos, save_gif
 
@@ -51,9 +52,10 @@ def plan(
     if episodes < 1 or context < 1:
         raise ValueError(f"--episodes and --context: must be at least 1, got {episodes} and {context}")
     the_task = make_task(task)
+    real_id = resolve_env_id(env_id or the_task.env_id, "--env")
     kwargs = parse_env_kwargs(env_kwargs)
     model, _, _ = load_trained(checkpoint)
-    env = gym.make(env_id or the_task.env_id, **kwargs).unwrapped
+    env = gym.make(real_id, **kwargs).unwrapped
     check_model_fits(model, env.observation_space, env.action_space)
     agent = make_agent(planner, the_task, env.action_space, model, horizon, population, elites, iterations, particles, noise)
     results = run_episodes(env, the_task, agent, episodes, context, seed)

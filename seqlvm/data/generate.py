@@ -27,18 +27,20 @@ __all__ = ["POLICIES", "Generation", "generate_dataset", "plan_generation", "res
 _BLOCK = 50  # episodes per work item: big enough to amortise IPC, small enough for a smooth progress bar
 
 
-def resolve_env_id(env_id: str) -> str:
-    """The registered id for ``env_id``, importing ``module`` first for ``"module:id"`` strings."""
+def resolve_env_id(env_id: str, argument: str = "env_id") -> str:
+    """The registered id for ``env_id``, importing ``module`` first for ``"module:id"`` strings;
+    errors name ``argument``."""
     name = env_id
     if ":" in env_id:
         module, name = env_id.split(":", 1)
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ValueError(f"env_id: cannot import module {module!r} of {env_id!r} ({err})") from None
+            raise ValueError(f"{argument}: cannot import module {module!r} of {env_id!r} ({err})") from None
     if name not in gym.registry:
         raise ValueError(
-            f"env_id: unknown environment {env_id!r}; expected one of {list(seqlvm.envs.ENV_IDS)} or another registered id"
+            f"{argument}: unknown environment {env_id!r}; expected one of {list(seqlvm.envs.ENV_IDS)} "
+            "or another registered id"
         )
     return name
 

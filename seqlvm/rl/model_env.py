@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from seqlvm.data.generate import resolve_env_id
 from seqlvm.envs.rollout import Episode, action_dim, encode_action, make_policy, rollout
 from seqlvm.models import SequenceModel
 from seqlvm.rl.spaces import check_observation_space, is_video, to_env, to_model
@@ -89,7 +90,7 @@ class ModelEnv(gym.Env):
             raise ValueError(f"context_steps: must be an int >= 1; got {context_steps!r}")
         self.task = as_task(task, env_id)
         self.model = model if isinstance(model, SequenceModel) else load_model(model)[0]
-        self.real_env = gym.make(env_id, **(env_kwargs or {})).unwrapped
+        self.real_env = gym.make(resolve_env_id(env_id), **(env_kwargs or {})).unwrapped
         check_model_fits(self.model, self.real_env.observation_space, self.real_env.action_space)
         self.observation_space = self.real_env.observation_space
         self.action_space = self.real_env.action_space

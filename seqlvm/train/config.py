@@ -299,6 +299,10 @@ def _check_values(config: TrainConfig) -> None:
          "one of 'train', 'valid', 'test', 'all'")
     need(config.valid_split in ("", "train", "valid", "test", "all"), "valid_split",
          "'' or one of 'train', 'valid', 'test', 'all'")
+    # torch.manual_seed and numpy's legacy seeding take 0 <= seed < 2**32 (the Trainer adds the
+    # epoch and rank to it, well inside that range for any real run).
+    need(0 <= config.seed < 2**32, "seed", "an integer in [0, 2**32)")
+    need(0 <= config.split_seed < 2**32, "split_seed", "an integer in [0, 2**32)")
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -51,4 +51,5 @@ def test_plan_errors_are_one_line(ball_checkpoint, tmp_path):
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--horizon", 0, "--out", gif), "horizon must be an int >= 1")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--particles", 3, "--out", gif), "num_particles: got 3 without noise")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env-kwargs", "[1]", "--out", gif), "--env-kwargs: got '[1]'; expected a JSON object")
+    assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env", "Nope-v0", "--out", gif), "--env: unknown environment 'Nope-v0'")
     assert not gif.exists()

@@ -47,6 +47,8 @@ def test_overrides_parse_toml_values_and_bare_strings():
     ("freeze.a=x", TypeError, "freeze must be a table of integers"),
     ("lr_step_factor=1.5", ValueError, "lr_step_factor must be in"),
     ("lr_step_epochs=0", ValueError, "lr_step_epochs must be >= 1"),
+    ("seed=-1", ValueError, r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ("split_seed=4294967296", ValueError, r"split_seed must be an integer in \[0, 2\*\*32\), got 4294967296"),
 ])
 def test_bad_overrides_name_the_key(assignment, error, message):
     with pytest.raises(error, match=message):
