@@ -10,9 +10,10 @@ import typer
 
 from seqlvm.cli.app import command
 from seqlvm.train import NonFiniteLossError, Trainer, load_checkpoint
+from seqlvm.train.trainer import check_batch
 from seqlvm.train.checkpoint import check_run_dir
 from seqlvm.train.config import TrainConfig
-from seqlvm.train.distributed import launch
+from seqlvm.train.distributed import launch, resolve_device
 from seqlvm.train.run import default_config, prepare
 
 
@@ -62,6 +63,9 @@ def train(
     resolved, model_obj, train_data, valid_data = prepare(resolved)
 
     if nproc > 1:
+        # The workers' own checks would fail in every process at once, as tracebacks: run them here.
+        check_batch(resolved, len(train_data), nproc)
+        resolve_device(resolved.device)
         config_path = run_dir / "config.toml"
         resolved.save_toml(config_path)
         typer.echo(f"launching {nproc} processes: torchrun ... -m seqlvm.train {config_path}")

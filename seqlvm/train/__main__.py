@@ -2,7 +2,8 @@
 
 ``seqlvm train --nproc N`` writes the resolved config and launches this in N processes; on
 several machines run the same line through ``torchrun`` yourself (see README). Exit codes:
-0 done, 1 the loss went non-finite, 130 interrupted (checkpoint saved, resume with --resume).
+0 done, 1 the loss went non-finite, 2 a bad config, data set or file (one line on stderr), 130
+interrupted (checkpoint saved, resume with --resume).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main() -> int:
         if main_process:
             print(f"error: {err}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError, OSError) as err:  # bad config, data or files: one line, as the CLI
+        if main_process:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     if main_process:
         print(f"{result.reason} at step {result.step} (epoch {result.epoch}); run folder {result.run_dir}")
     return 130 if result.reason == "interrupted" else 0

@@ -91,6 +91,16 @@ class _ResumableSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
+def check_batch(config: TrainConfig, num_sequences: int, world_size: int) -> None:
+    """Refuse a ``batch_size`` that does not split over ``world_size`` processes, or that leaves an
+    epoch of ``num_sequences`` training sequences without one full batch (the sampler drops the
+    last partial batch). ``seqlvm train --nproc`` runs it before launching the processes."""
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size: {config.batch_size} does not split over {world_size} processes")
+    if (num_sequences // world_size) // (config.batch_size // world_size) == 0:
+        raise ValueError(f"batch_size: {config.batch_size} is larger than the {num_sequences} training sequences")
+
+
 class Trainer:
     """Trains ``model`` on ``train_data`` as ``config`` says.
 
@@ -113,10 +123,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.ctx = distributed.setup(config.device)
-        if config.batch_size % self.ctx.world_size:
-            raise ValueError(
-                f"batch_size: {config.batch_size} does not split over {self.ctx.world_size} processes"
-            )
+        check_batch(config, len(train_data), self.ctx.world_size)
         check_freeze_patterns(model, config.freeze)
         self.dtype: torch.dtype = getattr(torch, config.dtype)
         self.model = model.to(device=self.ctx.device, dtype=self.dtype)
@@ -133,10 +140,6 @@ class Trainer:
             seed=config.seed, drop_last=True,
         )
         self.steps_per_epoch = len(self.sampler) // self.local_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"batch_size: {config.batch_size} is larger than the {len(train_data)} training sequences"
-            )
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.loader = DataLoader(
             train_data, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,

@@ -32,3 +32,16 @@ def test_lgssm_config_errors_are_one_line(series_file):
                       "method must be 'sequential' or 'parallel'")
     assert_user_error(invoke("train", "lgssm", "--data", series_file, "--set", "model_config.rank=2"),
                       "unknown key(s) ['rank']")
+
+
+def test_multi_process_runs_check_batch_and_device_before_launching(tmp_path, series_file):
+    """The workers would each fail with a traceback: the parent checks first, and writes nothing."""
+    out = tmp_path / "lgssm"
+    base = ("train", "lgssm", "--data", series_file, "--out", out, "--nproc", 2, "--set", "progress=false")
+    assert_user_error(invoke(*base, "--set", "batch_size=3", "--set", "device=cpu"),
+                      "batch_size: 3 does not split over 2 processes")
+    assert_user_error(invoke(*base, "--set", "batch_size=4096", "--set", "device=cpu"),
+                      "batch_size: 4096 is larger than the")
+    if not torch.cuda.is_available():
+        assert_user_error(invoke(*base, "--set", "batch_size=8", "--set", "device=cuda"), "CUDA is not available")
+    assert not (out / "config.toml").exists()
