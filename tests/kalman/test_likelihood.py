@@ -9,7 +9,7 @@ from torch.autograd import gradcheck
 from seqlvm.kalman import LGSSMParams, kalman_filter, log_likelihood
 
 from .dense import dense_moments
-from .test_oracle import CASES, METHODS, make_mask, make_params
+from .test_oracle import CASES, METHODS, make_mask, make_mixed, make_params
 
 DT = torch.float64
 COVARIANCES = ("Q", "R", "P0")
@@ -83,9 +83,7 @@ def test_gradient_with_mixed_layouts_matches_dense_gaussian(
     layouts: tuple[str, ...], masked: bool, method: str
 ) -> None:
     Bt, T, n, m, k = 3, 5, 3, 2, 2
-    names = ("A", "Q", "m0", "B")
-    mixed = {name: getattr(make_params(layout, Bt, T, n, m, k), name) for name, layout in zip(names, layouts)}
-    params = make_params("shared", Bt, T, n, m, k)._replace(**mixed)
+    params = make_mixed(dict(zip(("A", "Q", "m0", "B"), layouts)), Bt, T, n, m, k)
     g = torch.Generator().manual_seed(7)
     x, u = torch.randn(Bt, T, m, dtype=DT, generator=g), torch.randn(Bt, T, k, dtype=DT, generator=g)
     observed = make_mask("entries" if masked else "none", Bt, T, m)

@@ -41,6 +41,12 @@ def make_params(layout: str, Bt: int, T: int, n: int, m: int, k: int, seed: int 
     return LGSSMParams(A, C, Q, R, m0, P0, B)
 
 
+def make_mixed(layouts: dict[str, str], Bt: int, T: int, n: int, m: int, k: int) -> LGSSMParams:
+    """Shared parameters, except those named in ``layouts``, which take the given layout."""
+    own = {name: getattr(make_params(layout, Bt, T, n, m, k), name) for name, layout in layouts.items()}
+    return make_params("shared", Bt, T, n, m, k)._replace(**own)
+
+
 def make_mask(kind: str, Bt: int, T: int, m: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "none":
@@ -113,9 +119,7 @@ def test_mixed_parameter_layouts_match_dense_gaussian(
     layouts: tuple[str, ...], masked: bool, method: str
 ) -> None:
     Bt, T, n, m = 3, 5, 3, 2
-    names = ("A", "C", "Q", "R", "P0")
-    mixed = {name: getattr(make_params(layout, Bt, T, n, m, 0), name) for name, layout in zip(names, layouts)}
-    params = make_params("shared", Bt, T, n, m, 0)._replace(**mixed)
+    params = make_mixed(dict(zip(("A", "C", "Q", "R", "P0"), layouts)), Bt, T, n, m, 0)
     x = torch.randn(Bt, T, m, dtype=DT, generator=torch.Generator().manual_seed(7))
     observed = make_mask("entries" if masked else "none", Bt, T, m)
     dense = dense_moments(params, x, observed, None)
