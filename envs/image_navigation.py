@@ -169,7 +169,9 @@ class ImageNavigationEnv(gym.Env[np.ndarray, np.int64]):
         """Move one cell (or stay, or bump into the border and stay)."""
         if self.image is None:
             raise RuntimeError("step() called before reset()")
-        if not self.action_space.contains(np.int64(action)):
+        # np.int64(2.5) would be 2 and np.int64(True) 1: only genuine integers are moves.
+        integer = isinstance(action, (int, np.integer)) and not isinstance(action, (bool, np.bool_))
+        if not integer or not self.action_space.contains(np.int64(action)):
             raise ValueError(f"action: got {action!r}; expected an integer in [0, {len(self.MOVES)})")
         target = self._position + np.asarray(self.MOVES[int(action)], dtype=np.int64)
         if np.all((target >= 0) & (target < np.asarray(self.grid_shape))):

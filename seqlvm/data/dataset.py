@@ -129,6 +129,8 @@ class SequenceDataset(Dataset):
         present = [k for k in ("observations", *_OPTIONAL) if k in f]
         if keys is None:
             keys = present
+        elif isinstance(keys, str):  # one name, not its letters
+            keys = (keys,)
         unknown = [k for k in keys if k not in _ITEM_KEY]
         if unknown:
             raise ValueError(f"keys: got {unknown}; expected a subset of {list(_ITEM_KEY)}")

@@ -71,6 +71,10 @@ class MaskSpec:
     k: int = 0
     start: int = 4
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("random", "block"):
+            raise ValueError(f"MaskSpec: kind must be 'random' or 'block'; got {self.kind!r}")
+
     def __call__(
         self, batch: int, T: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:

@@ -42,6 +42,8 @@ def test_bad_mask_arguments() -> None:
         random_mask(2, 20, 0.5, num_observed_prefix=21)
     with pytest.raises(ValueError, match="batch"):
         block_mask(0, 20, 2)
+    with pytest.raises(ValueError, match="MaskSpec: kind must be 'random' or 'block'; got 'middle'"):
+        MaskSpec("middle")
 
 
 def test_parse_mask_spec() -> None:

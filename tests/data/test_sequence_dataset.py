@@ -37,6 +37,7 @@ def test_items_come_from_their_split_rows(series) -> None:
         np.testing.assert_array_equal(ds[i]["x"].numpy(), obs[row].astype(np.float32))
     with pytest.raises(IndexError):
         ds[5]
+    assert SequenceDataset(path, keys="observations").keys == ("observations",)  # a name, not its letters
 
 
 def test_empty_split_is_an_error(tmp_path) -> None:

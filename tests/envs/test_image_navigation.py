@@ -52,6 +52,10 @@ def test_moving_into_a_wall_leaves_the_agent_in_place() -> None:
     np.testing.assert_array_equal(env.step(3)[4]["position"], [0, 0])
     np.testing.assert_array_equal(env.step(0)[4]["position"], [0, 0])  # stay
     np.testing.assert_array_equal(env.step(4)[4]["position"], [0, 1])  # right
+    for bad in (2.5, True, 5, -1):  # np.int64 would have read 2.5 as 2 and True as 1
+        with pytest.raises(ValueError, match=rf"action: got {bad!r}; expected an integer in \[0, 5\)"):
+            env.step(bad)
+    np.testing.assert_array_equal(env.step(np.int64(2))[4]["position"], [1, 1])  # down
 
 
 def test_procedural_worlds_are_seeded_and_varied() -> None:
