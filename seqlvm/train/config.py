@@ -8,6 +8,7 @@ written beside the run (``RUN/config.toml``) and into every checkpoint as a plai
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import re
@@ -184,9 +185,9 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"config: no such file {str(path)!r}")
         try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config: {path} is not valid TOML: {err}") from None
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"config: {path} is not valid TOML (UTF-8): {err}") from None
         return cls.from_dict(values)
 
     def save_toml(self, path: str | Path) -> None:
@@ -223,10 +224,13 @@ _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def _parse_value(raw: str) -> Any:
+    """A --set value as TOML, else as the bare string; TOML dates and times stay strings, as no
+    setting is a date (``out_dir=2024-05-01`` names a folder)."""
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    return raw if isinstance(value, (datetime.date, datetime.time)) else value
 
 
 def _unquote(key: str) -> str:

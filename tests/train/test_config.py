@@ -34,6 +34,7 @@ def test_overrides_parse_toml_values_and_bare_strings():
     assert config.lr == 3e-4 and config.optimizer == "adamw" and config.progress is False
     assert config.model_config == {"state_dim": 4} and config.freeze == {"a.*": 2}
     assert config.data == ["x.h5"]
+    assert TrainConfig().with_overrides(["out_dir=2024-05-01"]).out_dir == "2024-05-01"  # a folder, not a date
 
 
 @pytest.mark.parametrize("assignment, error, message", [
@@ -61,6 +62,9 @@ def test_bad_toml_files(tmp_path):
     (tmp_path / "bad.toml").write_text("lr = = 1")
     with pytest.raises(ValueError, match="not valid TOML"):
         TrainConfig.from_toml(tmp_path / "bad.toml")
+    (tmp_path / "latin1.toml").write_bytes(b'out_dir = "caf\xe9"')
+    with pytest.raises(ValueError, match=r"config: .*latin1.toml is not valid TOML \(UTF-8\)"):
+        TrainConfig.from_toml(tmp_path / "latin1.toml")
     (tmp_path / "typo.toml").write_text("epoch = 1")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]"):
         TrainConfig.from_toml(tmp_path / "typo.toml")
