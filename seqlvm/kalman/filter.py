@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from seqlvm.kalman.linalg import columns, matmul_add, precise_dtype, sym, uncolumns
-from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, prepare
+from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, per_step, prepare
 from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
 
 METHODS = ("sequential", "parallel")
@@ -129,14 +129,9 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
     eye = torch.eye(n, dtype=C_all.dtype, device=C_all.device)
     pcovs, covs, gains, chols, infos = [], [], [], [], []
     P = None
-    for t in range(T):
-        if t == 0:
-            P_pred = prep.P0
-        else:
-            A = prep.at("A", t)
-            P_pred = sym(A @ P @ A.transpose(-1, -2) + prep.at("Q", t))
-        C = C_all[:, t] if C_all.shape[1] > 1 else C_all[:, 0]
-        R = R_all[:, t] if R_all.shape[1] > 1 else R_all[:, 0]
+    steps = zip(prep.per_step("A"), prep.per_step("Q"), per_step(C_all, T), per_step(R_all, T))
+    for t, (A, Q, C, R) in enumerate(steps):
+        P_pred = prep.P0 if t == 0 else sym(A @ P @ A.transpose(-1, -2) + Q)
         CP = C @ P_pred
         L, info = torch.linalg.cholesky_ex(CP @ C.transpose(-1, -2) + R)
         Kt = torch.cholesky_solve(CP, L)  # K^T = S^-1 C P

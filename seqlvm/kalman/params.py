@@ -18,12 +18,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+def per_step(p: Tensor, steps: int) -> Sequence[Tensor]:
+    """A parameter in the internal layout (b, T' in {1, steps}, r, c) as one (b, r, c) tensor per
+    step.
+
+    For the loops over steps: ``unbind`` gives all the views in one operation, and its gradient
+    is one stack, where indexing ``p[:, t]`` in a loop would make autograd write each step's
+    gradient into a zero tensor of p's full size (work quadratic in the number of steps).
+    """
+    return p.unbind(1) if p.shape[1] > 1 else [p[:, 0]] * steps
 
 
 class LGSSMParams(NamedTuple):
@@ -83,10 +94,9 @@ class Prepared:
         mats = [self.A, self.C, self.Q, self.R] + ([self.B] if self.B is not None else [])
         return all(p.shape[1] == 1 for p in mats)
 
-    def at(self, name: str, t: int) -> Tensor:
-        """Parameter ``name`` at step t, shape (b, r, c)."""
-        p = getattr(self, name)
-        return p[:, t] if p.shape[1] > 1 else p[:, 0]
+    def per_step(self, name: str) -> Sequence[Tensor]:
+        """Parameter ``name`` at each step, ``steps`` tensors (b, r, c)."""
+        return per_step(getattr(self, name), self.steps)
 
     def controls(self) -> Tensor | None:
         """All control offsets ``B_t u_t``, shape (Bt, T, n), or None. Step 0's is 0: nothing

@@ -125,15 +125,14 @@ def forecast(
     m, P = filt.means[:, -1], filt.covs[:, -1]
     controls = full.controls()
     z_means, z_covs, x_means, x_covs = [], [], [], []
-    for t in range(T, T + horizon):
-        A = full.at("A", t)
-        m = matvec(A, m) + (controls[:, t] if controls is not None else 0.0)
-        P = sym(A @ P @ A.transpose(-1, -2) + full.at("Q", t))
-        C = full.at("C", t)
+    offsets = [0.0] * horizon if controls is None else controls.unbind(1)[T:]
+    for A, Q, C, R, offset in zip(*(full.per_step(name)[T:] for name in "AQCR"), offsets):
+        m = matvec(A, m) + offset
+        P = sym(A @ P @ A.transpose(-1, -2) + Q)
         z_means.append(m)
         z_covs.append(P)
         x_means.append(matvec(C, m))
-        x_covs.append(sym(C @ P @ C.transpose(-1, -2) + full.at("R", t)))
+        x_covs.append(sym(C @ P @ C.transpose(-1, -2) + R))
     n, mm = full.n, full.m
     return KalmanForecast(
         torch.stack(z_means, 1),

@@ -135,8 +135,9 @@ def _stepwise(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruence: bool)
     N = g.shape[1]
     out = [g] * N  # placeholders, every one overwritten below
     h = h0
+    Fs, gs = F.unbind(1), g.unbind(1)  # see seqlvm.kalman.params.per_step
     for t in range(N - 1, -1, -1) if reverse else range(N):
-        h = _carry(F[:, t], h, congruence) + g[:, t]
+        h = _carry(Fs[t], h, congruence) + gs[t]
         out[t] = h
     return torch.stack(out, dim=1)
 
@@ -179,8 +180,9 @@ def _chunked_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congrue
     g = g.reshape(c, chunks, L, n, k)
     local, products = [g[:, :, 0]] * L, [F[:, :, 0]] * L  # placeholders, every one overwritten
     h = P = None
+    Fs, gs = F.unbind(2), g.unbind(2)
     for i in range(L - 1, -1, -1) if reverse else range(L):
-        Fi, gi = F[:, :, i], g[:, :, i]
+        Fi, gi = Fs[i], gs[i]
         h = gi.expand(max(b, c), *gi.shape[1:]) if h is None else _carry(Fi, h, congruence) + gi
         P = Fi if P is None else Fi @ P
         local[i], products[i] = h, P

@@ -397,12 +397,14 @@ class DND:
         B, T = write.shape
         slots = torch.full((B, T), -1, dtype=torch.int64, device=self._device)
         limit = self.update_tolerance**2
-        for t in range(T):
-            b = write[:, t].nonzero(as_tuple=True)[0]
+        # unbind, not indexing per step: see seqlvm.kalman.params.per_step
+        for t, (keys_t, values_t, write_t) in enumerate(zip(keys.unbind(1), values.unbind(1), write.unbind(1))):
+            b = write_t.nonzero(as_tuple=True)[0]
             if b.numel() == 0:
                 continue
+            keys_t, values_t = keys_t[b], values_t[b]
             with torch.no_grad():
-                d2 = torch.cdist(keys[b, t, None].detach(), self._keys[b].detach(), compute_mode=_EXACT)
+                d2 = torch.cdist(keys_t[:, None].detach(), self._keys[b].detach(), compute_mode=_EXACT)
                 d2 = d2.squeeze(1).square_().masked_fill_(~self._occupied[b], math.inf)
                 nearest_d2, nearest = d2.min(-1)
                 match = nearest_d2 <= limit
@@ -411,8 +413,8 @@ class DND:
                 slots[b] = torch.where((slots[b] == slot[:, None]) & ~match[:, None], -1, slots[b])
                 slots[b, t] = slot
             old = self._values[b, slot]
-            value = torch.where(match[:, None], old + self.update_rate * (values[b, t] - old), values[b, t])
-            self._store(b, slot, keys[b, t], value, torch.full_like(b, self._now + t))
+            value = torch.where(match[:, None], old + self.update_rate * (values_t - old), values_t)
+            self._store(b, slot, keys_t, value, torch.full_like(b, self._now + t))
         return slots
 
     def _store(self, b: Tensor, slot: Tensor, keys: Tensor, values: Tensor, time: Tensor) -> None:

@@ -384,11 +384,12 @@ class GTMSM(SequenceModel):
             return F.pad(steps.cumsum(1), (0, 0, 1, 0))
         s = moves.new_zeros(u.shape[0], self.config.state_dim)
         states = [s]
-        for t in range(moves.shape[1]):
-            proposal = s + moves[:, t]
-            s = s + moves[:, t] * self.gate(proposal)
-            if eps is not None:
-                s = s + eps[:, t]
+        # unbind, not indexing per step: see seqlvm.kalman.params.per_step
+        noises = [None] * moves.shape[1] if eps is None else eps.unbind(1)
+        for move, noise in zip(moves.unbind(1), noises):
+            s = s + move * self.gate(s + move)
+            if noise is not None:
+                s = s + noise
             states.append(s)
         return torch.stack(states, 1)
 

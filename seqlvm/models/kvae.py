@@ -367,18 +367,20 @@ class KVAE(SequenceModel):
             return Dynamics(alpha, self._params(alpha), state, a[:, -1])
         m, P = self.m0.expand(B, -1), self.P0.expand(B, -1, -1)
         inputs, alphas, state = first, [], None
+        # unbind, not indexing per step: see seqlvm.kalman.params.per_step
+        a_steps, obs_steps = a.unbind(1), observed.unbind(1)
         for t in range(T):
             alpha_t, state = self._alpha(inputs, state)
             A, C, Bm = self._mix(alpha_t[:, 0])
             if t > 0:
                 m = matvec(A, m) + (matvec(Bm, u[:, t]) if Bm is not None else 0.0)
                 P = sym(A @ P @ A.transpose(-1, -2) + self.Q)
-            obs_t = observed[:, t]
-            inputs = torch.where(obs_t[:, None], a[:, t], matvec(C, m)).unsqueeze(1)
+            a_t, obs_t = a_steps[t], obs_steps[t]
+            inputs = torch.where(obs_t[:, None], a_t, matvec(C, m)).unsqueeze(1)
             alphas.append(alpha_t)
             if t < T - 1 and bool(obs_t.any()):
                 step = LGSSMParams(A, C, self.Q, self.R, m, P)
-                f = kalman_filter(step, a[:, t : t + 1], obs_t[:, None], method=self.config.method)
+                f = kalman_filter(step, a_t[:, None], obs_t[:, None], method=self.config.method)
                 m, P = f.means[:, 0], f.covs[:, 0]
         alpha = torch.cat(alphas, dim=1)
         return Dynamics(alpha, self._params(alpha), state, inputs[:, 0])

@@ -281,9 +281,10 @@ def _run_gru(
         states = gru(inputs, h)[0]
     else:
         out = []
-        for t in range(inputs.shape[1]):
-            new = gru(inputs[:, t : t + 1], h)[1]
-            h = torch.where(keep[None, :, t, None], new, h)
+        # unbind, not indexing per step: see seqlvm.kalman.params.per_step
+        for x_t, keep_t in zip(inputs.unbind(1), keep.unbind(1)):
+            new = gru(x_t[:, None], h)[1]
+            h = torch.where(keep_t[None, :, None], new, h)
             out.append(h[0])
         states = torch.stack(out, 1)
     return states.flip(1) if reverse else states
@@ -510,18 +511,24 @@ class SRNN(SequenceModel):
         h = torch.zeros(1, S * B, self.config.deterministic_dim, dtype=dtype, device=device) if d0 is None else rep(d0)[None]
         x_prev = torch.zeros(S * B, 1, self.config.obs_dim, dtype=dtype, device=device)
         zs, ds, xs, outs, kls, ratios = [], [], [], [], [], []
+        # unbind, not indexing per step: see seqlvm.kalman.params.per_step
+        post_steps, fall_backs = post_ctx.unbind(1), prior_r.unbind(1)
+        if d_all is None:
+            x_steps, obs_steps = x_r.unbind(1), obs_r.unbind(1)
+        else:
+            d_steps, prior_steps = d_all.unbind(1), prior_ctx.unbind(1)
         for t in range(T):
             if d_all is None:
                 h = self.forward_gru(drop(self.features(x_prev)), h)[1]
                 d_t = h[0]
                 p_ctx = self.prior.project(drop(d_t))
             else:
-                d_t, p_ctx = d_all[:, t], prior_ctx[:, t]
+                d_t, p_ctx = d_steps[t], prior_steps[t]
             mp, lp = self.prior(p_ctx, z)
-            mq, lq = self.posterior(post_ctx[:, t], z)
+            mq, lq = self.posterior(post_steps[t], z)
             if self.config.residual_posterior:
                 mq = mp + mq
-            fall_back = prior_r[:, t, None]
+            fall_back = fall_backs[t][:, None]
             mq, lq = torch.where(fall_back, mp, mq), torch.where(fall_back, lp, lq)
             eps = torch.randn(z.shape, generator=generator, dtype=dtype, device=device) if noise else torch.zeros_like(z)
             z = mq + torch.exp(0.5 * lq) * eps
@@ -532,7 +539,7 @@ class SRNN(SequenceModel):
             ds.append(d_t)
             if d_all is None:
                 out = self._observation(torch.cat([drop(d_t), drop(z)], -1))
-                x_t = torch.where(obs_r[:, t], x_r[:, t], self._draw_obs(*out, generator))
+                x_t = torch.where(obs_steps[t], x_steps[t], self._draw_obs(*out, generator))
                 outs.append(out)
                 xs.append(x_t)
                 x_prev = x_t[:, None]
