@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from torch.utils.data import Dataset
 
-from seqlvm.io import atomic_path, atomic_write_text
+from seqlvm.io import atomic_write_text
 from seqlvm.models import SequenceModel
 from seqlvm.train import load_model, resolve_checkpoint
 from seqlvm.train.run import check_data_fits, load_split
@@ -82,8 +82,7 @@ def write_video_panels(out: Path, panels: list[torch.Tensor], fps: float = 5.0, 
         torch.cat([p, p.new_zeros(p.shape[0], steps - p.shape[1], *p.shape[2:])], 1) for p in panels
     ]
     frames = [make_grid(torch.stack([p[:, t] for p in padded], 1)) for t in range(steps)]
-    with atomic_path(out) as tmp:
-        save_gif(frames, tmp, fps=fps, scale=scale)
+    save_gif(frames, out, fps=fps, scale=scale)
 
 
 def print_table(title: str, values: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from seqlvm.io import atomic_path
+
 __all__ = ["hstack_videos", "make_grid", "save_gif", "save_grid", "to_uint8_frames"]
 
 
@@ -86,10 +88,10 @@ def save_gif(frames: Any, path: str | os.PathLike[str], fps: float = 5.0, scale:
         raise ValueError(f"fps: got {fps}; expected > 0")
     images = [_to_pil(_upscale(f, scale)) for f in video]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # GIF stores delays in 1/100 s; loop=0 means forever, omitting it plays once.
     extra = {"loop": 0} if loop else {}
-    images[0].save(path, save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), optimize=True, **extra)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), optimize=True, **extra)
     return path
 
 
@@ -125,6 +127,6 @@ def save_grid(
     """Write :func:`make_grid` of ``images`` as a PNG (pixels enlarged ``scale ×``)."""
     grid = make_grid(_upscale(to_uint8_frames(images), scale), ncols=ncols, pad=pad, pad_value=pad_value)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(grid).save(path)
+    with atomic_path(path) as tmp:
+        _to_pil(grid).save(tmp)
     return path

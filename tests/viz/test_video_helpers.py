@@ -49,3 +49,22 @@ def test_save_grid_png(tmp_path) -> None:
     path = save_grid(np.zeros((3, 2, 2, 3), np.uint8), tmp_path / "g.png", scale=2, pad=1)
     with Image.open(path) as img:
         assert img.size == (3 * (4 + 1) + 1, 4 + 2) and img.mode == "RGB"  # 2×2 images at scale 2, 1-px pad
+
+
+@pytest.mark.parametrize("write", ["gif", "grid"])
+def test_a_failed_write_leaves_the_old_picture(write, tmp_path, monkeypatch) -> None:
+    path = tmp_path / f"a.{'gif' if write == 'gif' else 'png'}"
+    frames = np.zeros((2, 4, 4, 1), np.uint8)
+    save = save_gif if write == "gif" else save_grid
+    save(frames, path)
+    before = path.read_bytes()
+
+    def full_disk(self, fp, *args, **kwargs):  # half a file, then the disk is full
+        with open(fp, "wb") as handle:
+            handle.write(b"GIF8")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save(frames + 255, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
