@@ -44,15 +44,19 @@ def plan(
     import gymnasium as gym
 
     from seqlvm.data.generate import resolve_env_id
-    from seqlvm.rl import check_model_fits, make_agent, make_task, run_episodes
+    from seqlvm.data.h5 import check_output_path, check_seed
+    from seqlvm.rl import check_model_fits, check_task_env, make_agent, make_task, run_episodes
     from seqlvm.viz import hstack_videos, save_gif
 
     if out.suffix.lower() != ".gif":
         raise ValueError(f"--out: the episodes are written as .gif, got {str(out)!r}")
+    check_output_path(out, "--out")
     if episodes < 1 or context < 1:
         raise ValueError(f"--episodes and --context: must be at least 1, got {episodes} and {context}")
+    check_seed(seed, "--seed")
     the_task = make_task(task)
     real_id = resolve_env_id(env_id or the_task.env_id, "--env")
+    check_task_env(the_task, real_id, "--env")
     kwargs = parse_env_kwargs(env_kwargs)
     model, _, _ = load_trained(checkpoint)
     env = gym.make(real_id, **kwargs).unwrapped

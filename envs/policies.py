@@ -8,7 +8,7 @@ episode bit for bit.
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from gymnasium import spaces
@@ -16,8 +16,10 @@ from gymnasium import spaces
 __all__ = ["Policy", "ZeroPolicy", "RandomPolicy", "RandomWalkPolicy"]
 
 
+@runtime_checkable
 class Policy(Protocol):
-    """What the data generator needs from a behaviour policy."""
+    """What the data generator needs from a behaviour policy (``isinstance`` checks only that both
+    members exist)."""
 
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode; all later randomness comes from ``seed``."""

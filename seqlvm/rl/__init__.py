@@ -19,13 +19,13 @@ from seqlvm.rl.imagine import Imagination, imagine
 from seqlvm.rl.model_env import ModelEnv, check_model_fits
 from seqlvm.rl.mpc import AGENTS, Agent, EpisodeResult, PlanningAgent, RandomAgent, make_agent, run_episode, run_episodes
 from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, RolloutFn, env_rollout, model_rollout
-from seqlvm.rl.tasks import TASKS, GotoGoal, GotoTask, HoldGoal, HoldTask, RewardFn, RewardTask, Task, as_task, make_task
+from seqlvm.rl.tasks import TASKS, GotoGoal, GotoTask, HoldGoal, HoldTask, RewardFn, RewardTask, Task, as_task, check_task_env, make_task
 
 __all__ = [
     "Imagination", "imagine", "ModelEnv", "check_model_fits", "AGENTS", "Agent", "EpisodeResult",
     "PlanningAgent", "RandomAgent", "make_agent", "run_episode", "run_episodes", "CEMPlanner", "RandomShootingPlanner", "RolloutFn", "env_rollout",
     "model_rollout", "TASKS", "Task", "GotoTask", "GotoGoal", "HoldTask", "HoldGoal", "RewardFn", "RewardTask", "make_task",
-    "as_task",
+    "as_task", "check_task_env",
 ]
 
 if "seqlvm/LearnedModel-v0" not in registry:  # importlib.reload must not trigger gymnasium's override warning

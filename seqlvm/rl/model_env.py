@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from seqlvm.data.generate import resolve_env_id
+from seqlvm.envs.policies import Policy
 from seqlvm.envs.rollout import Episode, action_dim, encode_action, make_policy, rollout
 from seqlvm.models import SequenceModel
 from seqlvm.rl.spaces import check_observation_space, is_video, to_env, to_model
-from seqlvm.rl.tasks import RewardFn, Task, as_task
+from seqlvm.rl.tasks import RewardFn, Task, as_task, check_task_env
 from seqlvm.train.checkpoint import load_model
 
 __all__ = ["ModelEnv", "check_model_fits"]
@@ -21,8 +22,8 @@ __all__ = ["ModelEnv", "check_model_fits"]
 
 def check_model_fits(model: SequenceModel, observation_space: gym.Space, action_space: gym.Space) -> None:
     """Raise a ValueError unless the model observes and acts in these spaces: frames (H, W, C) <->
-    ``obs_shape = (C, H, W)`` (vectors (D,) <-> ``obs_dim = D``) and ``control_dim = A`` (the
-    encoded action width, one-hot for ``Discrete``)."""
+    ``obs_shape = (C, H, W)`` (vectors (D,) <-> ``obs_dim = D``; other shapes are refused) and
+    ``control_dim = A`` (the encoded action width, one-hot for ``Discrete``)."""
     space = check_observation_space(observation_space)
     config = model.config
     if is_video(space):
@@ -30,7 +31,9 @@ def check_model_fits(model: SequenceModel, observation_space: gym.Space, action_
         got = getattr(config, name, None)
         got = None if got is None else tuple(got)
     else:
-        name, want = "obs_dim", int(np.prod(space.shape))
+        if len(space.shape) != 1:
+            raise ValueError(f"observation_space: expected uint8 frames (H, W, C) with C in {{1, 3}} or vectors (D,); got {space}")
+        name, want = "obs_dim", space.shape[0]
         got = getattr(config, name, None)
     if got != want:
         raise ValueError(f"model: the environment's observations need {name} = {want}; the model has {name} = {got}")
@@ -88,7 +91,10 @@ class ModelEnv(gym.Env):
     ) -> None:
         if not isinstance(context_steps, int) or context_steps < 1:
             raise ValueError(f"context_steps: must be an int >= 1; got {context_steps!r}")
+        if not isinstance(model, (SequenceModel, str, os.PathLike)):
+            raise ValueError(f"model: expected a seqlvm model, a checkpoint file or a run folder; got {type(model).__name__}")
         self.task = as_task(task, env_id)
+        check_task_env(self.task, env_id, "env_id")
         self.model = model if isinstance(model, SequenceModel) else load_model(model)[0]
         self.real_env = gym.make(resolve_env_id(env_id), **(env_kwargs or {})).unwrapped
         check_model_fits(self.model, self.real_env.observation_space, self.real_env.action_space)
@@ -112,22 +118,25 @@ class ModelEnv(gym.Env):
             raise ValueError(f"options: unknown key(s) {unknown}; expected some of ['context', 'policy']")
         if options.get("context") is not None and options.get("policy") is not None:
             raise ValueError("options: got both 'context' and 'policy'; a given context is not rolled, so expected only one")
+        policy = options.get("policy")
+        if policy is not None and not isinstance(policy, Policy):
+            raise ValueError(f'options["policy"]: expected a seqlvm.envs.Policy (reset(seed), __call__(observation, info)); got {policy!r}')
         context = None if options.get("context") is None else self._check_context(options["context"])
+        # Until this reset has succeeded the old episode is over: step() refuses to go on with it.
+        self._carry = None
         super().reset(seed=seed)
         if context is None:
-            policy = options.get("policy") or make_policy(self.real_env)
             env_seed, policy_seed = (int(s) for s in self.np_random.integers(2**31, size=2))
-            context = rollout(self.real_env, policy, self.context_steps, env_seed, policy_seed)
-        self.context = context
-        self.goal = self.task.reset(self.context, self.np_random, self.model)
-        self.rollout_seed = int(self.np_random.integers(2**62))
-        self._generator.manual_seed(self.rollout_seed)
-        x = to_model(self.observation_space, self.context.observations, self._dtype)[None]
-        u = torch.as_tensor(self.context.actions, dtype=self._dtype)[None] if self.model.config.control_dim else None
+            context = rollout(self.real_env, policy or make_policy(self.real_env), self.context_steps, env_seed, policy_seed)
+        goal = self.task.reset(context, self.np_random, self.model)
+        rollout_seed = int(self.np_random.integers(2**62))
+        self._generator.manual_seed(rollout_seed)
+        x = to_model(self.observation_space, context.observations, self._dtype)[None]
+        u = torch.as_tensor(context.actions, dtype=self._dtype)[None] if self.model.config.control_dim else None
         with torch.no_grad():
-            self._carry = self.model.rollout_start(x, u, num_particles=1, generator=self._generator, noise=self.noise)
-        self._steps = 0
-        return self.context.observations[-1].copy(), {"rollout_seed": self.rollout_seed}
+            carry = self.model.rollout_start(x, u, num_particles=1, generator=self._generator, noise=self.noise)
+        self.context, self.goal, self.rollout_seed, self._carry, self._steps = context, goal, rollout_seed, carry, 0
+        return context.observations[-1].copy(), {"rollout_seed": rollout_seed}
 
     def _check_context(self, context: Any) -> Episode:
         """``options["context"]`` as an Episode of arrays, after checking it against the spaces:
@@ -158,7 +167,8 @@ class ModelEnv(gym.Env):
         states = None if context.states is None else np.asarray(context.states, dtype=np.float32)
         if states is not None and (states.ndim != 2 or len(states) != T):
             raise ValueError(f"{name}: states must be None or of shape (T, S) with T = {T}; got {states.shape}")
-        return Episode(observations, actions, states)
+        # In the space's dtype, as the real env would have returned them (reset returns the last).
+        return Episode(observations.astype(space.dtype), actions, states)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """One imagined step under ``action``."""

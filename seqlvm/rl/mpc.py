@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from seqlvm.data.h5 import check_seed
 from seqlvm.envs.rollout import Episode, encode_action, make_policy, rollout
 from seqlvm.models import SequenceModel
 from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, check_particles, env_rollout, model_rollout
@@ -156,4 +157,5 @@ def run_episodes(
     """``episodes`` runs of :func:`run_episode`, episode i drawing from ``numpy.random.default_rng([seed, i])``."""
     if not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes: must be an int >= 1; got {episodes!r}")
+    check_seed(seed, "seed")
     return [run_episode(env, task, agent, context_steps, np.random.default_rng([seed, i])) for i in range(episodes)]

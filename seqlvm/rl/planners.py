@@ -64,6 +64,7 @@ def model_rollout(
     ``num_particles`` sampled paths."""
     check_particles(num_particles, noise)
 
+    @torch.no_grad()  # a reward with parameters of its own (a learned head) must not record a graph
     def rollout(actions: Tensor) -> Tensor:
         im = imagine(model, x_context, actions.to(x_context.dtype), num_particles, u_context, generator, noise=noise)
         J, P, H = im.log_probs.shape
@@ -78,6 +79,7 @@ def env_rollout(env: gym.Env, task: Task, goal: Any) -> RolloutFn:
     and the simulator's ``info["state"]`` (when it reports one) as the latents."""
     space = check_observation_space(env.observation_space)
 
+    @torch.no_grad()
     def rollout(actions: Tensor) -> Tensor:
         raw = decode_actions(env.action_space, actions.numpy())
         J, H = actions.shape[:2]
@@ -120,11 +122,20 @@ class _SamplingPlanner(abc.ABC):
         """Update the sampling distribution from the scored candidates."""
 
     def plan(self, rollout: RolloutFn, rng: np.random.Generator) -> Any:
-        """The first action (env format) of the highest-return sequence sampled in any iteration."""
+        """The first action (env format) of the highest-return sequence sampled in any iteration.
+
+        A sequence whose return is NaN counts as the worst (-inf): one diverging imagined path
+        must not hide the others."""
         best, best_return = None, -np.inf
         for _ in range(self.iterations):
             candidates = self._sample(rng)
-            returns = rollout(torch.from_numpy(candidates)).sum(1).double().numpy()
+            rewards = rollout(torch.from_numpy(candidates))
+            want = candidates.shape[:2]
+            if not isinstance(rewards, Tensor) or tuple(rewards.shape) != want:
+                got = tuple(rewards.shape) if isinstance(rewards, Tensor) else type(rewards).__name__
+                raise ValueError(f"rollout: must return rewards (J, H) = {want}, one per step of each sequence; got {got}")
+            returns = rewards.detach().sum(1).double().cpu().numpy()
+            returns[np.isnan(returns)] = -np.inf
             i = int(np.argmax(returns))
             if returns[i] > best_return:
                 best, best_return = candidates[i], float(returns[i])

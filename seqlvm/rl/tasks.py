@@ -22,13 +22,18 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
+from seqlvm.data.generate import resolve_env_id
 from seqlvm.envs.rollout import Episode
 
-__all__ = ["Task", "GotoTask", "GotoGoal", "HoldTask", "HoldGoal", "RewardFn", "RewardTask", "TASKS", "make_task", "as_task"]
+__all__ = [
+    "Task", "GotoTask", "GotoGoal", "HoldTask", "HoldGoal", "RewardFn", "RewardTask", "TASKS", "make_task", "as_task",
+    "check_task_env",
+]
 
 
 @runtime_checkable
@@ -164,6 +169,8 @@ class HoldTask:
             raise ValueError(f"HoldTask: fraction must lie in (0, 1]; got {self.fraction}")
         if self.side < 1 or self.size - 2 * self.margin < self.side:
             raise ValueError(f"HoldTask: side must lie in [1, size - 2 margin = {self.size - 2 * self.margin}]; got {self.side}")
+        if not 0 <= 2 * self.border < self.size:
+            raise ValueError(f"HoldTask: border must lie in [0, size / 2 = {self.size / 2}), leaving pixels to weigh; got {self.border}")
 
     def reset(self, context: Episode, rng: np.random.Generator, model: Any = None) -> HoldGoal:
         """Place the square (the context and the model are not needed)."""
@@ -267,3 +274,15 @@ def as_task(task: Task | str | RewardFn, env_id: str = "") -> Task:
         return RewardTask(task, env_id=env_id)
     raise ValueError(f"task: expected a Task instance, a task name {sorted(TASKS)} or a reward function "
                      f"(observations, latents) -> rewards (N, H); got {task!r}")
+
+
+def check_task_env(task: Task, env_id: str, argument: str = "env_id") -> None:
+    """Refuse an environment the task is not posed in: ``env_id`` must be registered as
+    ``task.env_id`` is (the same entry point and keyword arguments; any alias passes). A task
+    without an ``env_id`` (a :class:`RewardTask` not given one) takes any environment. Errors name
+    ``argument``."""
+    if not task.env_id:
+        return
+    spec, want = gym.spec(resolve_env_id(env_id, argument)), gym.spec(resolve_env_id(task.env_id, "task.env_id"))
+    if (spec.entry_point, spec.kwargs) != (want.entry_point, want.kwargs):
+        raise ValueError(f"{argument}: the {type(task).__name__} is posed in {task.env_id!r}; got {env_id!r}")

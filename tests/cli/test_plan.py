@@ -52,4 +52,9 @@ def test_plan_errors_are_one_line(ball_checkpoint, tmp_path):
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--particles", 3, "--out", gif), "num_particles: got 3 without noise")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env-kwargs", "[1]", "--out", gif), "--env-kwargs: got '[1]'; expected a JSON object")
     assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env", "Nope-v0", "--out", gif), "--env: unknown environment 'Nope-v0'")
+    assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--env", "seqlvm/Pong-v0", "--out", gif),
+                      "--env: the HoldTask is posed in 'seqlvm/BouncingBall-v0'; got 'seqlvm/Pong-v0'")
+    assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--seed", -1, "--out", gif), "--seed: got -1; expected an integer")
+    (tmp_path / "file").write_text("")
+    assert_user_error(invoke("plan", ball_checkpoint, "--task", "hold", "--out", tmp_path / "file" / "p.gif"), "which is a file, not a directory")
     assert not gif.exists()

@@ -11,7 +11,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from seqlvm.envs import Episode, RandomPolicy, encode_action, rollout
-from seqlvm.rl import HoldTask, ModelEnv, RewardTask, imagine
+from seqlvm.models import LGSSM, LGSSMConfig
+from seqlvm.rl import HoldTask, ModelEnv, RewardTask, check_model_fits, imagine
 from seqlvm.rl.spaces import to_env, to_model
 from tests.rl.conftest import tiny_kvae
 
@@ -83,11 +84,17 @@ def test_bad_input_raises_before_any_work(ball_kvae):
         ModelEnv(ball_kvae, "seqlvm/BouncingBall-v0", "fly")
     with pytest.raises(ValueError, match="context_steps: must be an int >= 1; got 0"):
         ModelEnv(ball_kvae, "seqlvm/BouncingBall-v0", "hold", context_steps=0)
+    with pytest.raises(ValueError, match="model: expected a seqlvm model, a checkpoint file or a run folder; got int"):
+        ModelEnv(5, "seqlvm/BouncingBall-v0", "hold")
+    with pytest.raises(ValueError, match="env_id: the HoldTask is posed in 'seqlvm/BouncingBall-v0'; got 'seqlvm/Pong-v0'"):
+        ModelEnv(ball_kvae, "seqlvm/Pong-v0", "hold")
     env = ModelEnv(ball_kvae, "seqlvm/BouncingBall-v0", "hold")
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(np.zeros(2, np.float32))
     with pytest.raises(ValueError, match=r"options: unknown key\(s\) \['speed'\]"):
         env.reset(seed=0, options={"speed": 1})
+    with pytest.raises(ValueError, match=r'options\["policy"\]: expected a seqlvm.envs.Policy .* got \'random\''):
+        env.reset(seed=0, options={"policy": "random"})
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action: got"):
         env.step(np.zeros(3, np.float32))
@@ -162,8 +169,27 @@ def test_bad_contexts_raise_naming_the_option(ball_kvae, nav_kvae):
     with pytest.raises(ValueError, match="options: got both 'context' and 'policy'"):
         env.reset(seed=1, options={"context": good, "policy": RandomPolicy(env.action_space)})
     nav = ModelEnv(nav_kvae, "seqlvm/ImageNavigation-v0", "goto")
+    nav.reset(seed=0)
+    nav.step(0)
     with pytest.raises(ValueError, match=r"context: the goto task needs the true cells \(Episode.states\)"):
         nav.reset(seed=0, options={"context": walk("seqlvm/ImageNavigation-v0", 4, seed=0)._replace(states=None)})
+    with pytest.raises(RuntimeError, match="before reset"):  # the failed reset ended the old episode
+        nav.step(0)
+
+
+def test_a_given_context_of_any_integer_type_resets_into_the_space(ball_kvae):
+    env = ModelEnv(ball_kvae, "seqlvm/BouncingBall-v0", "hold", context_steps=3)
+    context = walk("seqlvm/BouncingBall-v0", 4, seed=0)
+    for frames in (context.observations.astype(np.int64), context.observations.tolist()):
+        obs, _ = env.reset(seed=0, options={"context": context._replace(observations=frames)})
+        assert obs.dtype == np.uint8 and env.observation_space.contains(obs)
+        np.testing.assert_array_equal(obs, context.observations[-1])
+
+
+def test_observations_must_be_frames_or_vectors():
+    model = LGSSM(LGSSMConfig(state_dim=2, obs_dim=6, control_dim=1))
+    with pytest.raises(ValueError, match=r"observation_space: expected uint8 frames \(H, W, C\) .* or vectors \(D,\); got Box"):
+        check_model_fits(model, gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32), gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
 
 
 def test_a_reward_function_is_the_task(ball_kvae):

@@ -117,3 +117,41 @@ def test_several_particles_without_noise_are_refused():
 def test_unbounded_action_spaces_are_refused():
     with pytest.raises(ValueError, match="action_space must be Discrete or a bounded Box"):
         RandomShootingPlanner(spaces.Box(-np.inf, np.inf, (2,)))
+
+
+def test_a_reward_with_parameters_of_its_own_plans():
+    """A learned reward head (an nn.Module) scores imagined steps; planning records no graph."""
+    model = known_model(torch.eye(2, dtype=torch.float64))
+    head = torch.nn.Linear(2, 1).double()
+
+    class Learned:
+        def reward(self, goal, observations, latents=None):
+            return head(observations).squeeze(-1)
+
+    x, u = torch.zeros(1, 1, 2, dtype=torch.float64), torch.zeros(1, 1, 2, dtype=torch.float64)
+    space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    for planner in (CEMPlanner(space, horizon=3, population=8, elites=2, iterations=2), RandomShootingPlanner(space, 3, 8)):
+        assert space.contains(planner.plan(model_rollout(model, Learned(), None, x, u), np.random.default_rng(0)))
+
+
+def test_a_nan_return_counts_as_the_worst():
+    """One sequence scored NaN must not hide the best finite one (np.argmax would pick the NaN)."""
+    space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    seen = []
+
+    def rollout(actions):
+        seen.append(actions)
+        rewards = -(actions[..., 0] - 0.5).pow(2)
+        rewards[0] = float("nan")
+        return rewards
+
+    action = RandomShootingPlanner(space, horizon=2, population=20).plan(rollout, np.random.default_rng(0))
+    returns = -(seen[0][1:, :, 0] - 0.5).pow(2).sum(1)  # the finite ones, by hand
+    np.testing.assert_array_equal(action, seen[0][1 + int(returns.argmax()), 0].numpy())
+    with pytest.raises(ValueError, match="no finite return for any sequence"):
+        RandomShootingPlanner(space, horizon=2, population=3).plan(lambda a: torch.full(a.shape[:2], float("nan")), np.random.default_rng(0))
+
+
+def test_a_rollout_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"rollout: must return rewards \(J, H\) = \(4, 2\), .* got \(4,\)"):
+        RandomShootingPlanner(spaces.Discrete(3), horizon=2, population=4).plan(lambda a: a.sum((1, 2)), np.random.default_rng(0))

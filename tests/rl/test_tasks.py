@@ -12,8 +12,8 @@ import torch
 
 from seqlvm.envs import Episode, make_policy, rollout
 from seqlvm.rl import (
-    CEMPlanner, GotoTask, HoldTask, PlanningAgent, RandomAgent, RewardTask, env_rollout, imagine, make_task, model_rollout,
-    run_episode,
+    CEMPlanner, GotoTask, HoldTask, PlanningAgent, RandomAgent, RewardTask, check_task_env, env_rollout, imagine, make_task,
+    model_rollout, run_episode,
 )
 from seqlvm.rl.spaces import to_model
 
@@ -95,6 +95,8 @@ def test_hold_success_counts_the_last_window():
     assert not task.success(goal, [inside, inside, inside])
     with pytest.raises(ValueError, match=r"HoldTask: window must lie in \[1, budget = 5\]; got 6"):
         HoldTask(budget=5, window=6)
+    with pytest.raises(ValueError, match=r"HoldTask: border must lie in \[0, size / 2 = 16.0\), leaving pixels to weigh; got 16"):
+        HoldTask(border=16)
     with pytest.raises(ValueError, match="task: unknown name 'fly'"):
         make_task("fly")
 
@@ -136,3 +138,12 @@ def test_planning_with_the_true_simulator_beats_random_on_hold():
     }
     assert sum(r.success for r in results["true"]) >= 2 > sum(r.success for r in results["random"])
     assert results["true"][0].frames.shape == (3 + 24, 32, 32, 1)
+
+
+def test_a_task_takes_only_its_own_environment():
+    check_task_env(HoldTask(), "seqlvm.envs:seqlvm/BouncingBall-v0")  # an alias of its id
+    check_task_env(RewardTask(lambda x, l: x.flatten(2).mean(-1)), "seqlvm/Pong-v0")  # no env of its own
+    with pytest.raises(ValueError, match="--env: the GotoTask is posed in 'seqlvm/ImageNavigation-v0'; got 'seqlvm/BouncingBall-v0'"):
+        check_task_env(GotoTask(), "seqlvm/BouncingBall-v0", "--env")
+    with pytest.raises(ValueError, match="env_id: the HoldTask is posed in 'seqlvm/BouncingBall-v0'; got 'seqlvm/BouncingBallPolygon-v0'"):
+        check_task_env(HoldTask(), "seqlvm/BouncingBallPolygon-v0")
