@@ -102,10 +102,10 @@ class Forecast(NamedTuple):
         From the samples when there are any, else from the Gaussian ``N(mean, std^2)``.
         """
         q_t = torch.as_tensor(q, dtype=self.mean.dtype, device=self.mean.device)
-        if torch.any((q_t <= 0) | (q_t >= 1)):
+        if not bool(((q_t > 0) & (q_t < 1)).all()):  # NaN fails both comparisons
             raise ValueError(f"quantile: q must lie in (0, 1), got {q}")
-        if self.samples is not None:
-            return torch.quantile(self.samples, q_t, dim=0)
+        if self.samples is not None:  # torch.quantile takes a scalar or 1-D q
+            return torch.quantile(self.samples, q_t.reshape(-1), dim=0).reshape(q_t.shape + self.mean.shape)
         if self.std is None:
             raise ValueError("quantile: this forecast has neither samples nor a std")
         normal = torch.distributions.Normal(0.0, 1.0)

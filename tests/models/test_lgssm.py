@@ -111,6 +111,15 @@ def test_forecast_moments_quantiles_and_sample_paths() -> None:
     assert torch.all(exact.quantile(0.9) > exact.mean)
     again = model.forecast(x[:, :30], 10, num_samples=4000, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.samples, fc.samples)
+    # Quantiles of any shape from both paths, each against its own computation.
+    q = torch.tensor([[0.1, 0.5], [0.9, 0.25]], dtype=fc.mean.dtype)
+    from_samples, from_gaussian = fc.quantile(q), exact.quantile(q)
+    assert from_samples.shape == from_gaussian.shape == (2, 2, 3, 10, 2)
+    torch.testing.assert_close(from_samples[1, 0], torch.quantile(fc.samples, 0.9, dim=0))
+    torch.testing.assert_close(from_gaussian[1, 0], exact.quantile(0.9))
+    for bad in (float("nan"), 0.0, torch.tensor([0.5, 1.0])):
+        with pytest.raises(ValueError, match=r"quantile: q must lie in \(0, 1\)"):
+            fc.quantile(bad)
 
 
 def test_sample_is_seeded() -> None:
