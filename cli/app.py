@@ -2,7 +2,9 @@
 
 Commands live one module each (``cli/<name>.py``) and register with :func:`command`, which turns
 user errors into one line on stderr and exit code 2; ``--verbose`` (before or after the command's
-name) re-raises them with the traceback instead.
+name) re-raises them with the traceback instead. Errors of the command line itself (an unknown
+command or option, a value typer cannot parse or that is out of an option's range) print one line
+and exit 2 the same way.
 
 User errors are ``ValueError`` and ``TypeError`` (bad arguments or files, named by the commands'
 own checks) and every ``OSError`` (a missing file, a permission denied, a path whose parent is a
@@ -18,8 +20,23 @@ import inspect
 from typing import Any, Callable
 
 import typer
+from typer.core import TyperGroup
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The command group, printing a usage error of a command's line (not the bare ``seqlvm``,
+    which shows the help) as ``error: ...`` instead of typer's usage panel."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as err:  # typer's own click exceptions (typer.Exit is not one)
+            typer.echo(f"error: {_one_line(err)}", err=True)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     help="seqlvm: sequential latent-variable models for time series and video.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -66,6 +83,8 @@ def _one_line(err: BaseException) -> str:
     """The message of ``err`` on one line; an ``OSError`` from the OS as "PATH: reason"."""
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
         text = f"{err.filename}: {err.strerror}" + (f" (-> {err.filename2})" if err.filename2 is not None else "")
+    elif hasattr(err, "format_message"):  # a usage error, e.g. "Invalid value for '--steps': ..."
+        text = err.format_message()
     else:
         text = str(err) or type(err).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from torch.utils.data import Dataset
 
+from seqlvm.data.h5 import check_output_path
 from seqlvm.io import atomic_write_text
 from seqlvm.models import SequenceModel
 from seqlvm.train import load_model, resolve_checkpoint
@@ -64,11 +65,13 @@ def head(data: Dataset, count: int, dtype: torch.dtype) -> tuple[torch.Tensor, t
 
 
 def check_out(out: Path, video: bool) -> None:
-    """Refuse an output file whose type does not suit the data: GIF for video, PNG for vectors."""
+    """Refuse an output file whose type does not suit the data (GIF for video, PNG for vectors),
+    or that cannot be written (a directory, or a file in the way of its folders)."""
     expected = ".gif" if video else ".png"
     if out.suffix.lower() != expected:
         kind = "video" if video else "vector series"
         raise ValueError(f"--out: {kind} are written as {expected}, got {str(out)!r}")
+    check_output_path(out, "--out")
 
 
 def write_video_panels(out: Path, panels: list[torch.Tensor], fps: float = 5.0, scale: int = 2) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from seqlvm.cli.app import command
 from seqlvm.cli.common import load_trained, open_data, print_table, run_folder, write_json
+from seqlvm.data.h5 import check_output_path, check_seed
 from seqlvm.train import evaluate as evaluate_model
 
 
@@ -21,11 +22,15 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(
         None, "--json", help="Where to write the metrics as JSON (default: RUN/eval_SPLIT.json)."
     ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model's Monte Carlo draws (ELBO and log-likelihood bounds)."),
 ) -> None:
     """The negative ELBO, each of its terms and the log-likelihood (per sequence and per step)."""
+    if json_out is not None:
+        check_output_path(json_out, "--json")
+    check_seed(seed, "--seed")
     model, ckpt, file = load_trained(checkpoint)
     dataset = open_data(data, split, ckpt)
-    metrics = evaluate_model(model, dataset, batch_size=batch_size, log_likelihood=True)
+    metrics = evaluate_model(model, dataset, batch_size=batch_size, log_likelihood=True, seed=seed)
     print_table(f"{ckpt['model_name']} on {data} [{split}], {len(dataset)} sequences", metrics)
     path = json_out if json_out is not None else run_folder(file) / f"eval_{split}.json"
     write_json(path, {

@@ -43,10 +43,12 @@ def forecast(
             f"context in {data}; got {horizon}"
         )
     # A model with controls is driven by the file's actions over the context and the horizon.
-    controls = {} if u is None else {"u": u[:, :context], "u_future": u[:, context:context + horizon]}
+    controls: dict = {} if u is None else {"u": u[:, :context], "u_future": u[:, context:context + horizon]}
+    if samples:  # else the model's own default (a Gaussian forecast draws none, SRNN draws 100)
+        controls["num_samples"] = samples
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        result = model.forecast(x[:, :context], horizon, num_samples=samples, generator=generator, **controls)
+        result = model.forecast(x[:, :context], horizon, generator=generator, **controls)
     truth = x[:, context:context + horizon]
     error = result.mean[:, : truth.shape[1]] - truth
     print_table(f"forecast of {x.shape[0]} sequences, {context} steps of context", {

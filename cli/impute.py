@@ -12,6 +12,7 @@ from seqlvm.cli.common import (
     check_out, head, is_video, load_trained, open_data, print_table, write_video_panels,
 )
 from seqlvm.data import parse_mask_spec
+from seqlvm.data.h5 import check_seed
 from seqlvm.viz.series import plot_imputation
 
 METHODS = ("smooth", "filter")
@@ -26,19 +27,24 @@ def impute(
     out: Path = typer.Option(..., "--out", help="Picture to write: .png for vector series, .gif for video."),
     split: str = typer.Option("test", "--split", help="train, valid, test or all."),
     count: int = typer.Option(4, "--count", help="Sequences to impute and draw."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random mask."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random mask and of the model's draws."),
 ) -> None:
     """Hide steps of the first --count sequences, impute them, report the error and draw the result."""
     spec = parse_mask_spec(mask)
     if method not in METHODS:
         raise ValueError(f"--method: expected one of {list(METHODS)}, got {method!r}")
+    check_seed(seed, "--seed")
     model, ckpt, _ = load_trained(checkpoint)
     video = is_video(ckpt["model_config"])
     check_out(out, video)
     dataset = open_data(data, split, ckpt)
     x, u = head(dataset, count, next(model.parameters()).dtype)
-    observed = spec(x.shape[0], x.shape[1], generator=torch.Generator().manual_seed(seed))
+    try:
+        observed = spec(x.shape[0], x.shape[1], generator=torch.Generator().manual_seed(seed))
+    except ValueError as err:
+        raise ValueError(f"--mask: {mask!r} does not fit sequences of {x.shape[1]} steps ({err})") from None
     entries = observed.reshape(observed.shape + (1,) * (x.dim() - 2)).expand_as(x)
+    torch.manual_seed(seed)  # the draws of the sampling models (SRNN, GTM-SM), for the same numbers each run
     with torch.no_grad():
         # Hidden entries are zeroed so nothing of them can reach the model but through the mask.
         result = model.impute(x.masked_fill(~entries, 0.0), observed, u=u, method=method)

@@ -38,11 +38,14 @@ def evaluate(
     *,
     batch_size: int = 32,
     log_likelihood: bool = False,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Mean ELBO loss and terms over ``data`` (each sequence counted once), on the model's device.
 
     The model runs in eval mode with ``kl_weight = 1`` so the loss is the true negative ELBO
-    whatever warm-up the training was in; both are restored afterwards.
+    whatever warm-up the training was in; both are restored afterwards. The Monte Carlo draws of
+    the ELBO and the bounds come from torch's generator seeded with ``seed``, so the same call
+    gives the same numbers; the caller's random state is left as it was.
 
     With ``log_likelihood=True`` also ``log_likelihood`` (mean over sequences of the model's
     ``log_likelihood(x)``: exact for LGSSM, an IWAE bound otherwise) and ``log_likelihood_per_step``
@@ -54,18 +57,22 @@ def evaluate(
     model.kl_weight = 1.0
     sums: dict[str, float] = {}
     count = 0
+    # fork_rng: seeded draws here, the caller's random state untouched (the Trainer validates mid-run).
+    devices = list(range(torch.cuda.device_count())) if parameter.device.type == "cuda" else []
     try:
-        for x, mask, u in batches(data, batch_size, parameter.device, parameter.dtype):
-            n = x.shape[0]
-            out = model.elbo(x, mask=mask, u=u)
-            values = {"loss": out.loss, **out.terms}
-            if log_likelihood:
-                ll = model.log_likelihood(x, mask=mask, u=u)
-                values["log_likelihood"] = ll.mean()
-                values["log_likelihood_per_step"] = ll.mean() / x.shape[1]
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * n
-            count += n
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for x, mask, u in batches(data, batch_size, parameter.device, parameter.dtype):
+                n = x.shape[0]
+                out = model.elbo(x, mask=mask, u=u)
+                values = {"loss": out.loss, **out.terms}
+                if log_likelihood:
+                    ll = model.log_likelihood(x, mask=mask, u=u)
+                    values["log_likelihood"] = ll.mean()
+                    values["log_likelihood_per_step"] = ll.mean() / x.shape[1]
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * n
+                count += n
     finally:
         model.train(was_training)
         model.kl_weight = kl_weight

@@ -361,7 +361,7 @@ class Trainer:
         if self.valid_data is not None:
             metrics = None
             if self.ctx.is_main:
-                metrics = evaluate(self.model, self.valid_data, batch_size=self.local_batch)
+                metrics = evaluate(self.model, self.valid_data, batch_size=self.local_batch, seed=self.config.seed)
             metrics = distributed.broadcast_object(metrics, self.ctx)
             metrics = {f"valid/{name}": value for name, value in metrics.items()}
             monitored = metrics["valid/loss"]

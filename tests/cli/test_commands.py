@@ -115,6 +115,30 @@ def test_model_commands_errors(tmp_path, trained_run):
     assert_user_error(invoke("info", tmp_path / "junk.pt"), "not a readable torch checkpoint")
 
 
+def test_output_paths_and_masks_are_checked_before_the_work(tmp_path, trained_run, series_file):
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "dir.png", tmp_path / "file" / "i.png"):
+        assert_user_error(invoke("impute", trained_run, "--data", series_file, "--out", out), "--out: ")
+        assert_user_error(invoke("sample", trained_run, "--out", out), "--out: ")
+    assert_user_error(invoke("evaluate", trained_run, "--data", series_file, "--json", tmp_path / "file" / "e.json"),
+                      "--json: ")
+    assert_user_error(invoke("impute", trained_run, "--data", series_file, "--mask", "block:20", "--out", tmp_path / "i.png"),
+                      "--mask: 'block:20' does not fit sequences of 12 steps")
+    assert not (tmp_path / "i.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("sample", "RUN", "--steps", 0, "--out", "s.png"), "Invalid value for '--steps'"),
+    (("sample", "RUN", "--steps", "many", "--out", "s.png"), "Invalid value for '--steps'"),
+    (("sample", "RUN", "--colour", "red"), "No such option: --colour"),
+    (("sample",), "Missing argument"),
+    (("fly",), "No such command 'fly'"),
+])
+def test_command_line_errors_are_one_line(args, message):
+    assert_user_error(invoke(*args), message)
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_verbose_shows_the_traceback(tmp_path, where):
     args = ["train", "toy", "--data", tmp_path / "missing.h5"]
