@@ -19,7 +19,9 @@ from seqlvm.rl.imagine import Imagination, imagine
 from seqlvm.rl.model_env import ModelEnv, check_model_fits
 from seqlvm.rl.mpc import AGENTS, Agent, EpisodeResult, PlanningAgent, RandomAgent, make_agent, run_episode, run_episodes
 from seqlvm.rl.planners import CEMPlanner, RandomShootingPlanner, RolloutFn, env_rollout, model_rollout
-from seqlvm.rl.tasks import TASKS, GotoGoal, GotoTask, HoldGoal, HoldTask, RewardFn, RewardTask, Task, as_task, check_task_env, make_task
+from seqlvm.rl.tasks import (
+    TASKS, GotoGoal, GotoTask, HoldGoal, HoldTask, RewardFn, RewardTask, Task, as_task, check_task_env, make_task,
+)
 
 __all__ = [
     "Imagination", "imagine", "ModelEnv", "check_model_fits", "AGENTS", "Agent", "EpisodeResult",

@@ -127,7 +127,8 @@ class ModelEnv(gym.Env):
         super().reset(seed=seed)
         if context is None:
             env_seed, policy_seed = (int(s) for s in self.np_random.integers(2**31, size=2))
-            context = rollout(self.real_env, policy or make_policy(self.real_env), self.context_steps, env_seed, policy_seed)
+            policy = policy if policy is not None else make_policy(self.real_env)
+            context = rollout(self.real_env, policy, self.context_steps, env_seed, policy_seed)
         goal = self.task.reset(context, self.np_random, self.model)
         rollout_seed = int(self.np_random.integers(2**62))
         self._generator.manual_seed(rollout_seed)
