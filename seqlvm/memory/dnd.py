@@ -83,6 +83,24 @@ def _check_float(fn: str, name: str, value: Tensor, dtype: torch.dtype, device: 
         raise ValueError(f"{fn}: {name} is on {value.device}; expected {device}")
 
 
+def _check_query(fn: str, query: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    """The query's dtype and device, and finite values: a NaN query has no nearest neighbours
+    (every distance compares false), so it would get NaN weights or none, at random."""
+    _check_float(fn, "query", query, dtype, device)
+    if not bool(torch.isfinite(query).all()):
+        raise ValueError(f"{fn}: query must be finite; got {int((~torch.isfinite(query)).sum())} non-finite entries")
+
+
+# torch.cdist, the exact neighbour search, has no 16-bit kernels.
+DTYPES = (torch.float32, torch.float64)
+
+
+def _check_dtype(fn: str, dtype: object) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"{fn}: dtype must be torch.float32 or torch.float64; got {dtype!r}")
+    return dtype
+
+
 def _check_k(fn: str, k: object, slots: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{fn}: k must be an int; got {type(k).__name__}")
@@ -135,9 +153,9 @@ def dnd_lookup(
         raise ValueError(f"{fn}: query must have shape ({B}, Q, {d}) to match keys; got {tuple(query.shape)}")
     if values.shape[:2] != (B, N):
         raise ValueError(f"{fn}: values must have shape ({B}, {N}, v) to match keys; got {tuple(values.shape)}")
-    if not keys.is_floating_point():
-        raise ValueError(f"{fn}: keys must have a floating-point dtype; got {keys.dtype}")
-    _check_float(fn, "query", query, keys.dtype, keys.device)
+    if keys.dtype not in DTYPES:
+        raise ValueError(f"{fn}: keys must be float32 or float64; got {keys.dtype}")
+    _check_query(fn, query, keys.dtype, keys.device)
     _check_float(fn, "values", values, keys.dtype, keys.device)
     if occupied is not None:
         _check_tensor(fn, "occupied", occupied, f"({B}, {N}) bool", 2)
@@ -208,8 +226,9 @@ class DND:
         delta:            the kernel's delta > 0 (NEC: 1e-3, GTM-SM: 1e-4).
         update_tolerance: distance within which a write updates an existing key; None never does.
         update_rate:      the tabular update's rate alpha in (0, 1] (NEC: 0.1).
-        device, dtype:    of the stored keys and values (dtype floating point; default: torch's
-                          default dtype). Written keys/values and queries must match them.
+        device, dtype:    of the stored keys and values (dtype float32 or float64; default: torch's
+                          default dtype). Written keys/values and queries must match them;
+                          queries must be finite.
     """
 
     def __init__(
@@ -238,15 +257,14 @@ class DND:
             raise ValueError(f"{fn}: update_tolerance must be None or a finite number >= 0; got {update_tolerance!r}")
         if isinstance(update_rate, bool) or not isinstance(update_rate, (int, float)) or not 0 < update_rate <= 1:
             raise ValueError(f"{fn}: update_rate must be a number in (0, 1]; got {update_rate!r}")
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"{fn}: dtype must be a floating-point torch.dtype; got {dtype!r}")
+        dtype = _check_dtype(fn, torch.get_default_dtype() if dtype is None else dtype)
         self.batch_size, self.capacity, self.key_dim, self.value_dim = batch_size, capacity, key_dim, value_dim
         self.update_tolerance = None if update_tolerance is None else float(update_tolerance)
         self.update_rate = float(update_rate)
         self._device, self._dtype = torch.device("cpu" if device is None else device), dtype
         self._now = 0
         self.clear()
+        self._device = self._keys.device  # with its index: torch.device("cuda") != "cuda:0", its tensors' device
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -318,10 +336,8 @@ class DND:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DND:
         """Move the dictionaries to ``device`` and/or cast keys and values to ``dtype``; returns self."""
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-            raise ValueError(f"DND.to: dtype must be a floating-point torch.dtype; got {dtype!r}")
         device = self._device if device is None else torch.device(device)
-        dtype = self._dtype if dtype is None else dtype
+        dtype = self._dtype if dtype is None else _check_dtype("DND.to", dtype)
         self._keys = self._keys.to(device=device, dtype=dtype)
         self._values = self._values.to(device=device, dtype=dtype)
         self._occupied = self._occupied.to(device)
@@ -445,7 +461,7 @@ class DND:
         _check_tensor(fn, "query", query, f"({B}, Q, {d})", 3)
         if query.shape[0] != B or query.shape[2] != d:
             raise ValueError(f"{fn}: query must have shape ({B}, Q, {d}); got {tuple(query.shape)}")
-        _check_float(fn, "query", query, self._dtype, self._device)
+        _check_query(fn, query, self._dtype, self._device)
         k = _check_k(fn, k, self.capacity)
         result = _lookup(query, self._keys, self._values, k, self._occupied, self.delta)
         if refresh:

@@ -4,6 +4,7 @@ that follows the documented write/LRU/update rules step by step; plus gradcheck 
 from __future__ import annotations
 
 import ast
+import math
 import re
 from pathlib import Path
 
@@ -324,6 +325,9 @@ BAD = [
     (_lookup(_z(2, 1, 2)), "query must have shape (2, Q, 3); got (2, 1, 2)"),
     (_lookup(_z(2, 1, 3), k=0), "k must be between 1 and the number of slots 4; got 0"),
     (_lookup(_z(2, 1, 3), k=5), "k must be between 1 and the number of slots 4; got 5"),
+    (_lookup(torch.full((2, 1, 3), math.nan, dtype=torch.float64)), "query must be finite; got 6 non-finite entries"),
+    (lambda: dnd_lookup(torch.full((2, 1, 3), math.inf), _z(2, 4, 3, dtype=F32), _z(2, 4, 2, dtype=F32), 1),
+     "query must be finite; got 6 non-finite entries"),
     (lambda: _store().clear(_z(3, dtype=BOOL)), "batch_mask must be a bool tensor of shape (2,); got torch.bool (3,)"),
     (lambda: dnd_lookup(_z(2, 1, 3), _z(2, 4, 3, dtype=F32), _z(2, 4, 2), 1), "query has dtype torch.float64; expected torch.float32"),
     (lambda: dnd_lookup(_z(2, 1, 3), _z(2, 4, 3), _z(2, 5, 2), 1), "values must have shape (2, 4, v) to match keys; got (2, 5, 2)"),
@@ -332,7 +336,9 @@ BAD = [
     (lambda: DND(0, 4, 3, 2), "batch_size must be an int >= 1; got 0"),
     (lambda: DND(2, 4, 3, 2, update_tolerance=-1.0), "update_tolerance must be None or a finite number >= 0; got -1.0"),
     (lambda: DND(2, 4, 3, 2, update_rate=0.0), "update_rate must be a number in (0, 1]; got 0.0"),
-    (lambda: DND(2, 4, 3, 2, dtype=torch.int64), "dtype must be a floating-point torch.dtype; got torch.int64"),
+    (lambda: DND(2, 4, 3, 2, dtype=torch.int64), "dtype must be torch.float32 or torch.float64; got torch.int64"),
+    (lambda: DND(2, 4, 3, 2, dtype=torch.float16), "dtype must be torch.float32 or torch.float64; got torch.float16"),
+    (lambda: DND(2, 4, 3, 2).to(dtype=torch.bfloat16), "dtype must be torch.float32 or torch.float64; got torch.bfloat16"),
 ]
 
 
@@ -340,6 +346,15 @@ BAD = [
 def test_bad_input_raises_value_error_naming_the_argument(call, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+def test_a_device_without_an_index_is_its_tensors_device() -> None:
+    """torch.device("cuda") != torch.device("cuda:0"), the device of what it allocates; "cpu:0" and
+    "cpu" differ the same way, so the CPU stands in for the GPU here."""
+    dnd = DND(1, 4, 2, 1, device="cpu:0", dtype=torch.float64)
+    assert dnd.device == dnd.keys.device
+    dnd.write(torch.ones(1, 1, 2, dtype=torch.float64), torch.ones(1, 1, 1, dtype=torch.float64))
+    assert dnd.lookup(torch.zeros(1, 1, 2, dtype=torch.float64), k=1).weights.item() == 1.0
 
 
 @pytest.mark.parametrize("call", [_lookup(_z(2, 1, 3), k=2.0), _write([[0.0]], _z(2, 1, 2))])
