@@ -28,7 +28,9 @@ The carry is opaque to callers (a tuple of tensors); its rows, like every tensor
 ``RolloutStep``, are the ``N = P·B`` particles ordered particle-major, row ``p·B + b`` (the order
 ``Tensor.repeat(P, ...)`` gives), so ``.view(P, B, ...)`` separates them.
 
-Shapes are batch first: vectors ``(B, T, D)``, video ``(B, T, C, H, W)`` in [0, 1].
+Shapes are batch first: vectors ``(B, T, D)``, video ``(B, T, C, H, W)`` in [0, 1]. Inputs are
+cast to the model's dtype (a float32 model rounds float64 data to float32; ``model.double()``
+keeps it), and every result comes back in the model's dtype.
 
 Training schedules reach a model through attributes, never through extra ``elbo`` arguments, so
 the protocol stays one signature for every model:

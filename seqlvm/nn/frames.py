@@ -37,6 +37,12 @@ def glorot_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _check_channels(channels: object, owner: str) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"{owner}: channels must be an int >= 1; got {channels!r}")
+    return channels
+
+
 def check_frame_shape(shape: tuple[int, ...], owner: str) -> tuple[int, int, int]:
     """``shape`` as ``(C, H, W)`` ints with C >= 1 and H, W positive multiples of 8, else ValueError."""
     if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
@@ -53,7 +59,8 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, frame_shape: tuple[int, int, int], channels: int = 32) -> None:
         super().__init__()
-        c, h, w = check_frame_shape(tuple(frame_shape), "FrameEncoder")
+        c, h, w = self.frame_shape = check_frame_shape(tuple(frame_shape), "FrameEncoder")
+        _check_channels(channels, "FrameEncoder")
         layers: list[nn.Module] = []
         for i in range(NUM_STAGES):
             layers += [nn.Conv2d(c if i == 0 else channels, channels, 3, stride=2, padding=1), nn.ReLU()]
@@ -64,6 +71,9 @@ class FrameEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, C, H, W) -> (N, out_features)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.frame_shape:
+            # Other frame sizes would pass the convolutions and give features of another size.
+            raise ValueError(f"FrameEncoder: x must have shape (N, {', '.join(map(str, self.frame_shape))}); got {tuple(x.shape)}")
         return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
@@ -78,6 +88,7 @@ class FrameDecoder(nn.Module):
     def __init__(self, dim_in: int, frame_shape: tuple[int, int, int], channels: int = 32) -> None:
         super().__init__()
         c, h, w = check_frame_shape(tuple(frame_shape), "FrameDecoder")
+        _check_channels(channels, "FrameDecoder")
         if not isinstance(dim_in, int) or dim_in < 1:
             raise ValueError(f"FrameDecoder: dim_in must be an int >= 1; got {dim_in!r}")
         self.start = (channels, h >> NUM_STAGES, w >> NUM_STAGES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -22,10 +24,10 @@ class GaussianHead(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, max_var: float | None = None, min_var: float = 1e-6) -> None:
         super().__init__()
-        if not min_var > 0:
-            raise ValueError(f"GaussianHead: min_var must be > 0; got {min_var!r}")
-        if max_var is not None and not max_var > min_var:
-            raise ValueError(f"GaussianHead: max_var must exceed min_var = {min_var} or be None; got {max_var!r}")
+        if not 0 < min_var < math.inf:
+            raise ValueError(f"GaussianHead: min_var must be a finite number > 0; got {min_var!r}")
+        if max_var is not None and not min_var < max_var < math.inf:
+            raise ValueError(f"GaussianHead: max_var must be finite and exceed min_var = {min_var}, or be None; got {max_var!r}")
         self.mean = nn.Linear(in_features, out_features)
         self.raw_var = nn.Linear(in_features, out_features)
         self.max_var, self.min_var = max_var, min_var

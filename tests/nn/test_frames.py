@@ -43,8 +43,17 @@ def test_bad_frame_shapes_name_the_problem():
         FrameEncoder((32, 32))
     with pytest.raises(ValueError, match="max_var"):
         GaussianHead(3, 2, max_var=0.0)
+    with pytest.raises(ValueError, match="max_var must be finite"):
+        GaussianHead(3, 2, max_var=float("inf"))
+    with pytest.raises(ValueError, match="min_var must be a finite number > 0"):
+        GaussianHead(3, 2, min_var=float("inf"))
     with pytest.raises(ValueError, match="dim_in"):
         FrameDecoder(0, (1, 8, 8))
+    for cls in (FrameEncoder, lambda shape, channels: FrameDecoder(2, shape, channels)):
+        with pytest.raises(ValueError, match="channels must be an int >= 1; got 0"):
+            cls((1, 8, 8), channels=0)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 8, 8\); got \(2, 1, 16, 16\)"):
+        FrameEncoder((1, 8, 8), channels=2)(torch.rand(2, 1, 16, 16))
 
 
 def test_glorot_init_matches_tensorflow_defaults():
