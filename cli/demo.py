@@ -148,7 +148,7 @@ def run_training_demo(out: Path, seed: int = 0, epochs: int = 30, echo=typer.ech
     """The training pipeline on simulated tracks: data file -> Trainer -> evaluation -> pictures.
 
     Writes 256 tracks of 50 steps with :func:`seqlvm.data.write_sequences`, trains an LGSSM on
-    them by gradient descent through the Trainer (about a minute on two CPU cores at the default
+    them by gradient descent through the Trainer (a few seconds on two CPU cores at the default
     ``epochs``), evaluates it on the test split beside the true parameters, and draws a forecast
     and an imputation. A second run in the same ``out`` resumes the finished run instead of
     training again. Returns the test log-likelihoods per step (learned and true).
