@@ -60,14 +60,21 @@ STEADY_MARGIN = 4  # calm steps required after a steady point
 
 
 def _steady_start(seq: Tensor) -> int | None:
-    """The first index along dim 1 from which a sequence of matrices (b, N, r, c) stays put to a
-    few units of rounding error, with at least ``STEADY_MARGIN`` calm steps after it; None if
-    there is none (a steady state of the covariance recursions)."""
+    """The first index along dim 1 from which a sequence of covariance matrices (b, N, n, n)
+    stays put to a few units of rounding error, with at least ``STEADY_MARGIN`` calm steps after
+    it; None if there is none (a steady state of the covariance recursions).
+
+    Each entry is measured on its own scale, ``sqrt(P_ii P_jj)`` (which bounds ``|P_ij|``): a
+    state of small variance that still converges must not pass for steady beside a large one.
+    """
     P = seq.detach()
     if P.shape[1] < STEADY_MARGIN + 2:
         return None
-    change = (P[:, 1:] - P[:, :-1]).abs().amax(dim=(0, 2, 3))  # change into step t+1, (N-1,)
-    calm = (change <= 8 * torch.finfo(P.dtype).eps * P.abs().amax()).int()
+    var = P.diagonal(dim1=-2, dim2=-1).abs()
+    scale = (var.unsqueeze(-1) * var.unsqueeze(-2)).sqrt()
+    scale = torch.maximum(scale[:, 1:], scale[:, :-1])
+    change = P[:, 1:] - P[:, :-1]  # into step t+1
+    calm = (change.abs() <= 8 * torch.finfo(P.dtype).eps * scale).all(-1).all(-1).all(0).int()  # (N-1,)
     calm_after = calm.flip(0).cummin(0).values.flip(0)  # 1 where every later change is calm too
     if not bool(calm_after[-STEADY_MARGIN:].all()):
         return None

@@ -243,6 +243,25 @@ def test_steady_state_shortcuts_match_the_plain_time_varying_recursion(method: s
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ratio", [1e4, 1e12])
+def test_a_small_state_beside_a_large_one_is_not_taken_for_steady(ratio: float, method: str) -> None:
+    """Two decoupled states whose variances differ by ``ratio``: the small one still converges
+    when the large one has settled. Its steady state must be judged on its own scale (a test
+    against the largest entry held it early: 1.7e-5 off the dense Gaussian here at ratio 1e12)."""
+    T, dt = 30, torch.float64
+    diag = lambda *v: torch.diag(torch.tensor(v, dtype=dt))
+    params = LGSSMParams(diag(0.5, 1.0), torch.eye(2, dtype=dt), diag(1.0, 1e-6 / ratio), diag(1.0, 1e-2),
+                         torch.zeros(2, dtype=dt), diag(1.0, 1.0 / ratio))
+    _, x = sample_prior(params, T, 2, generator=torch.Generator().manual_seed(0))
+    dense = dense_moments(params, x, torch.ones_like(x, dtype=torch.bool))
+    s = kalman_smoother(params, x, method=method)
+    for got, want in [(s.filtered.covs, dense.covs), (s.covs, dense.smooth_covs), (s.cross_covs, dense.cross_covs)]:
+        torch.testing.assert_close(got[..., 1, 1], want[..., 1, 1], rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(s.filtered.means, dense.means, rtol=1e-12, atol=1e-12 * float(x.abs().max()))
+    torch.testing.assert_close(s.filtered.log_likelihood, dense.log_likelihood, rtol=1e-13, atol=0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_float32_stays_finite_and_positive_definite_on_long_sequences(method: str) -> None:
     T, n = 5000, 4
     A = torch.eye(n)

@@ -116,27 +116,40 @@ def test_associative_scan_gives_every_prefix() -> None:
         torch.testing.assert_close(h, plain(F, g, torch.zeros(2, 3, 1, dtype=DT)), rtol=1e-12, atol=1e-12)
 
 
+def _congruence(earlier: tuple[torch.Tensor, ...], later: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    (F1, S1), (F2, S2) = earlier, later
+    return F2 @ F1, F2 @ S1 @ F2.transpose(-1, -2) + S2
+
+
 @pytest.mark.parametrize("count", [5, 40, 1000])
 def test_steady_powers_follow_the_recursion_until_steady(count: int) -> None:
-    """h_j = F h_{j-1} + g from h_0 = 0 is the g-part of the j-th power of (F, g); with a
-    contraction it settles at (I - F)^-1 g, which steady_powers must notice."""
+    """The covariances h_j = F h_{j-1} F^T + g from h_0 = 0 are the g-part of the j-th power of
+    (F, g); with a contraction they settle at the solution of h = F h F^T + g, which steady_powers
+    must notice, entry by entry on the scale sqrt(h_ii h_jj)."""
     gen = torch.Generator().manual_seed(3)
     n = 3
     F = stable(1, 1, n, gen) * 0.5
-    g = torch.randn(1, 1, n, n, dtype=DT, generator=gen)
-    values, steady = steady_powers(_affine, (F, g), lambda p: p[1], count)
+    root = torch.randn(1, 1, n, n, dtype=DT, generator=gen)
+    g = root @ root.transpose(-1, -2) + torch.diag(torch.tensor([1.0, 1e-6, 1e-12], dtype=DT))  # entries of unlike scales
+    values, steady = steady_powers(_congruence, (F, g), lambda p: p[1], count)
     N = values.shape[1]
-    want = plain(F.expand(-1, N, -1, -1), g.expand(-1, N, -1, -1), torch.zeros(1, n, n, dtype=DT))
-    torch.testing.assert_close(values, want, rtol=1e-12, atol=1e-14)
+    want, h = [], torch.zeros(n, n, dtype=DT)
+    for _ in range(N):
+        h = F[0, 0] @ h @ F[0, 0].T + g[0, 0]
+        want.append(h)
+    torch.testing.assert_close(values[0], torch.stack(want), rtol=1e-12, atol=1e-14)
     if count == 5:  # too short to see a steady state: all powers, none steady
         assert steady is None and N == count
     else:
         assert steady is not None and N <= count
-        fixed = torch.linalg.solve(torch.eye(n, dtype=DT) - F[0, 0], g[0, 0])
+        F0 = F[0, 0]
+        fixed = torch.linalg.solve(torch.eye(n * n, dtype=DT) - torch.kron(F0, F0), g[0, 0].reshape(-1)).reshape(n, n)
         torch.testing.assert_close(values[0, -1], fixed, rtol=1e-13, atol=1e-14)
-        tol = 8 * torch.finfo(DT).eps * values.abs().max()
-        assert (values[:, steady + 1 :] - values[:, steady:-1]).abs().max() <= tol  # steady from there on
-        assert (values[:, steady] - values[:, steady - 1]).abs().max() > tol  # and not before
+        var = values.diagonal(dim1=-2, dim2=-1)
+        tol = 8 * torch.finfo(DT).eps * (var.unsqueeze(-1) * var.unsqueeze(-2)).sqrt()
+        change = (values[:, 1:] - values[:, :-1]).abs()
+        assert (change[:, steady:] <= torch.maximum(tol[:, steady + 1 :], tol[:, steady:-1])).all()  # steady from there on
+        assert (change[:, steady - 1] > torch.maximum(tol[:, steady], tol[:, steady - 1])).any()  # and not before
 
 
 @pytest.mark.parametrize("N", [2, 33, 200])
