@@ -37,6 +37,24 @@ def per_step(p: Tensor, steps: int) -> Sequence[Tensor]:
     return p.unbind(1) if p.shape[1] > 1 else [p[:, 0]] * steps
 
 
+def check_symmetric(fn: str, **covariances: Tensor) -> None:
+    """Refuse a covariance that is not symmetric beyond rounding (64 eps of its largest entry),
+    naming it; one host sync for all of them. NaN entries pass: unused entries may hold any value."""
+    with torch.no_grad():
+        gaps = {}
+        for name, S in covariances.items():
+            S = S.detach()
+            gap = (S - S.transpose(-1, -2)).abs() - 64 * torch.finfo(S.dtype).eps * S.abs().amax((-2, -1), keepdim=True)
+            gaps[name] = gap.amax() if gap.numel() else gap.new_zeros(())
+        worst = torch.stack(list(gaps.values()))
+        if not bool((worst > 0).any()):
+            return
+        name = next(n for n, g in gaps.items() if bool(g > 0))
+        S = covariances[name].detach()
+        raise ValueError(f"{fn}: {name} must be symmetric (a covariance); got one with |{name} - {name}^T| up to "
+                         f"{float((S - S.transpose(-1, -2)).abs().nan_to_num(0.0).amax()):.3g}")
+
+
 class LGSSMParams(NamedTuple):
     """Parameters of ``z_t = A z_{t-1} + B u_t + N(0, Q)``, ``x_t = C z_t + N(0, R)``, ``z_0 ~ N(m0, P0)``.
 
@@ -230,6 +248,7 @@ def prepare(
     Q4 = _matrix("Q", params.Q, n, n, batch, steps, fn)
     R4 = _matrix("R", params.R, m, m, batch, steps, fn)
     m0, P0 = _vector_prior(params, n, batch, fn)
+    check_symmetric(fn, Q=Q4, R=R4, P0=P0)
 
     B4 = None
     if params.B is not None:

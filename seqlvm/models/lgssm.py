@@ -28,6 +28,7 @@ from seqlvm.kalman import (
     sample_prior,
 )
 from seqlvm.kalman.linalg import matvec, safe_cholesky, sym
+from seqlvm.kalman.params import check_symmetric
 from seqlvm.models.base import (
     ELBO, Forecast, Imputation, RolloutStep, SequenceModel, check_future_controls_type, check_num_particles,
     check_step_controls, gaussian_step,
@@ -78,6 +79,7 @@ class LGSSMConfig:
 
 def _to_raw_cholesky(S: Tensor, name: str = "covariance") -> Tensor:
     """Positive-definite S -> lower factor with log-diagonal (the stored form)."""
+    check_symmetric("LGSSM", **{name: S})
     L, info = torch.linalg.cholesky_ex(sym(S))
     if bool(info.any()):
         lowest = float(torch.linalg.eigvalsh(sym(S)).min())
@@ -413,6 +415,14 @@ class LGSSM(SequenceModel):
         if not isinstance(num_iters, int) or num_iters < 1:
             raise ValueError(f"LGSSM.fit_em: num_iters must be an int >= 1; got {num_iters!r}")
         x, mask, u = self._inputs(x, mask, u, "fit_em")
+        if "B" in learn and x.shape[1] > 1:
+            # B's M-step solves against sum_t u_t u_t^T (t >= 1; u_0 drives nothing).
+            k, rank = u.shape[-1], int(torch.linalg.matrix_rank(u[:, 1:].reshape(-1, u.shape[-1])))
+            if rank < k:
+                raise ValueError(
+                    f"LGSSM.fit_em: learn contains 'B', but the controls u[:, 1:] span {rank} of their {k} directions "
+                    "(all-zero controls span none), so B is not determined; leave 'B' out of learn"
+                )
         observed = ~torch.isnan(x)
         if mask is not None:
             observed = observed & (mask[..., None] if mask.shape == x.shape[:2] else mask).bool()

@@ -94,6 +94,9 @@ def _good():
         ({}, (4, 5, 2), (4, 6), r"mask must have shape \(4, 5\) or \(4, 5, 2\); got \(4, 6\)"),
         ({"A": torch.ones(0, 0)}, (4, 5, 2), None, r"A must be square with n >= 1"),
         ({"B": torch.ones(3, 1)}, (4, 5, 2), None, r"u of shape \(4, 5, 1\) is required"),
+        ({"Q": torch.eye(3) + torch.triu(torch.ones(3, 3), 1)}, (4, 5, 2), None, r"Q must be symmetric \(a covariance\); got one with \|Q - Q\^T\| up to 1"),
+        ({"R": torch.tensor([[1.0, 0.0], [0.5, 1.0]]).expand(4, 5, 2, 2)}, (4, 5, 2), None, r"R must be symmetric"),
+        ({"P0": torch.tensor([[1.0, 1e-3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])}, (4, 5, 2), None, r"P0 must be symmetric"),
     ],
 )
 def test_bad_input_names_the_argument_and_shapes(change, x_shape, mask_shape, match) -> None:

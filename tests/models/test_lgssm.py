@@ -46,6 +46,8 @@ def test_parameters_read_and_assign_as_plain_tensors() -> None:
         model.Q = torch.eye(3, dtype=DT)
     with pytest.raises(ValueError, match=r"R must be symmetric positive definite; got one with smallest eigenvalue -1"):
         model.R = -torch.eye(2, dtype=DT)
+    with pytest.raises(ValueError, match=r"LGSSM: Q must be symmetric \(a covariance\); got one with \|Q - Q\^T\| up to 0.8"):
+        model.Q = torch.eye(4, dtype=DT) + 0.8 * torch.eye(4, dtype=DT).roll(1, 1).triu(1)
     with pytest.raises(ValueError, match=r"C must have shape \(2, 4\); got list"):
         model.C = [[1.0]]
     # Any value of the raw parameters is a valid positive-definite covariance.
@@ -262,6 +264,11 @@ def test_bad_inputs_name_the_argument() -> None:
         model.elbo(torch.zeros(4, 5, 2))
     with pytest.raises(ValueError, match="learn has unknown names"):
         model.fit_em(torch.zeros(4, 5, 2), u=torch.zeros(4, 5, 1), learn=("A", "D"))
+    only_first = torch.zeros(4, 5, 1)
+    only_first[:, 0] = 1.0  # u_0 drives nothing
+    for u in (torch.zeros(4, 5, 1), only_first):
+        with pytest.raises(ValueError, match=r"learn contains 'B', but the controls u\[:, 1:\] span 0 of their 1 directions"):
+            model.fit_em(torch.randn(4, 5, 2), u=u, learn=("A", "B", "Q"))
     with pytest.raises(ValueError, match=r"LGSSM.forecast: u_future must be None or a tensor.*got 5.*num_samples="):
         model.forecast(torch.zeros(4, 5, 2), 3, 5)
     for bad in (-1, 2.0, True):
