@@ -45,7 +45,7 @@ def check_symmetric(fn: str, **covariances: Tensor) -> None:
         for name, S in covariances.items():
             S = S.detach()
             gap = (S - S.transpose(-1, -2)).abs() - 64 * torch.finfo(S.dtype).eps * S.abs().amax((-2, -1), keepdim=True)
-            gaps[name] = gap.amax() if gap.numel() else gap.new_zeros(())
+            gaps[name] = gap.nan_to_num(-1.0).amax() if gap.numel() else gap.new_zeros(())
         worst = torch.stack(list(gaps.values()))
         if not bool((worst > 0).any()):
             return

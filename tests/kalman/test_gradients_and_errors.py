@@ -96,6 +96,8 @@ def _good():
         ({"B": torch.ones(3, 1)}, (4, 5, 2), None, r"u of shape \(4, 5, 1\) is required"),
         ({"Q": torch.eye(3) + torch.triu(torch.ones(3, 3), 1)}, (4, 5, 2), None, r"Q must be symmetric \(a covariance\); got one with \|Q - Q\^T\| up to 1"),
         ({"R": torch.tensor([[1.0, 0.0], [0.5, 1.0]]).expand(4, 5, 2, 2)}, (4, 5, 2), None, r"R must be symmetric"),
+        ({"Q": torch.cat([torch.full((4, 1, 3, 3), float("nan")), torch.eye(3).expand(4, 3, 3, 3),
+                          (torch.eye(3) + torch.ones(3, 3).triu(1)).expand(4, 1, 3, 3)], 1)}, (4, 5, 2), None, r"Q must be symmetric"),
         ({"P0": torch.tensor([[1.0, 1e-3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])}, (4, 5, 2), None, r"P0 must be symmetric"),
     ],
 )
