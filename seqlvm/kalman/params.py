@@ -38,21 +38,19 @@ def per_step(p: Tensor, steps: int) -> Sequence[Tensor]:
 
 
 def check_symmetric(fn: str, **covariances: Tensor) -> None:
-    """Refuse a covariance that is not symmetric beyond rounding (64 eps of its largest entry),
-    naming it; one host sync for all of them. NaN entries pass: unused entries may hold any value."""
+    """Refuse a covariance that is not symmetric beyond rounding (64 eps of its matrix's largest
+    entry), naming it; one host sync for all of them. NaN entries pass: unused entries may hold
+    any value."""
     with torch.no_grad():
-        gaps = {}
-        for name, S in covariances.items():
-            S = S.detach()
-            gap = (S - S.transpose(-1, -2)).abs() - 64 * torch.finfo(S.dtype).eps * S.abs().amax((-2, -1), keepdim=True)
-            gaps[name] = gap.nan_to_num(-1.0).amax() if gap.numel() else gap.new_zeros(())
-        worst = torch.stack(list(gaps.values()))
-        if not bool((worst > 0).any()):
-            return
-        name = next(n for n, g in gaps.items() if bool(g > 0))
-        S = covariances[name].detach()
-        raise ValueError(f"{fn}: {name} must be symmetric (a covariance); got one with |{name} - {name}^T| up to "
-                         f"{float((S - S.transpose(-1, -2)).abs().nan_to_num(0.0).amax()):.3g}")
+        gaps = {name: (S - S.transpose(-1, -2)).detach().abs().nan_to_num(0.0) for name, S in covariances.items()}
+        over = torch.stack([
+            (gaps[name] > 64 * torch.finfo(S.dtype).eps * S.detach().abs().amax((-2, -1), keepdim=True)).any()
+            for name, S in covariances.items()
+        ])
+        if bool(over.any()):
+            name = list(covariances)[int(over.int().argmax())]
+            raise ValueError(f"{fn}: {name} must be symmetric (a covariance); got one with |{name} - {name}^T| up to "
+                             f"{float(gaps[name].amax()):.3g}")
 
 
 class LGSSMParams(NamedTuple):
