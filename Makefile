@@ -14,7 +14,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+# The C loops of seqlvm/kalman/_native.c are compiled by the install, so a change to them reinstalls.
+$(STAMP): $(PY) pyproject.toml seqlvm/kalman/_native.c
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)

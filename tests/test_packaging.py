@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,14 @@ def test_namespace_mapping_imports() -> None:
 
     assert Path(seqlvm.envs.__file__).parent == ROOT / "envs"
     assert Path(seqlvm.cli.__file__).parent == ROOT / "cli"
+
+
+def test_the_compiled_loops_are_built_where_there_is_a_compiler() -> None:
+    """The C extension is optional, so an install without a C compiler goes on without it; where
+    there is one, a missing module means its build failed unnoticed."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) here")
+    from seqlvm.kalman import native
+
+    assert native._native is not None, "seqlvm.kalman._native was not built: reinstall (make install) and read its build log"

@@ -13,13 +13,15 @@ observed is predict-only and adds exactly 0 to the log-likelihood.
 
 The work is split in two passes. The covariances (and with them the gains) never depend on the
 values of x, only on which entries are observed: the *covariance pass* computes them once for
-the whole batch when the parameters are shared and nothing is missing. For a time-invariant,
-fully observed model it runs only up to the steady state, by doubling (``_covariances_steady``);
-otherwise by a loop (``"sequential"``) or Särkkä & García-Fernández's associative scan
-(``"parallel"``).
+the whole batch when the parameters are shared and nothing is missing. ``"sequential"`` runs it
+as a loop, compiled (``seqlvm.kalman.native``) where no gradient is taken through it on the CPU.
+Otherwise, for a time-invariant, fully observed model it runs only up to the steady state, by
+doubling (``_covariances_steady``), and else by a loop (``"sequential"``) or Särkkä &
+García-Fernández's associative scan (``"parallel"``).
 Given the gains, the filtered means obey an affine recurrence
 ``m_t = (I - K_t C_t) A_t m_{t-1} + (I - K_t C_t) B_t u_t + K_t x_t``: the *mean pass* solves it
-by a loop or a blocked scan, and in exact blocks wherever the gain is steady.
+by a loop (compiled where the covariance pass is) or a blocked scan, and in exact blocks
+wherever the gain is steady.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from seqlvm.kalman import native
 from seqlvm.kalman.linalg import columns, matmul_add, precise_dtype, sym, uncolumns
 from seqlvm.kalman.params import LOG_2PI, LGSSMParams, Prepared, per_step, prepare
 from seqlvm.kalman.scan import associative_scan, steady_linear_recurrence, steady_powers
@@ -78,10 +81,11 @@ def kalman_filter(
     u:    (Bt, T, k) controls (``u[:, 0]`` is unused), required when ``params.B`` is set.
     method: ``"sequential"`` (a loop over steps) or ``"parallel"`` (parallel in time: the
         covariances by the associative scan of Särkkä & García-Fernández 2021, O(log T) depth,
-        the means by a blocked scan). Both agree to rounding error. For a
-        time-invariant, fully observed model both compute the covariances only until they reach
-        their steady state to machine precision, and solve the means of the steady stretch in
-        exact blocks.
+        the means by a blocked scan). Both agree to rounding error. On the CPU, where no gradient
+        is taken, ``"sequential"`` runs compiled loops (``seqlvm.kalman.native``), the fastest
+        there. Otherwise, for a time-invariant, fully observed model both compute the
+        covariances only until they reach their steady state to machine precision, and solve
+        the means of the steady stretch in exact blocks.
     Differentiable with respect to every parameter and to x.
     """
     check_method(method, "kalman_filter")
@@ -149,6 +153,15 @@ def _covariances_sequential(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gai
         b = max(v.shape[0] for v in seq)
         stacked.append(torch.stack([v.expand(b, *v.shape[1:]) for v in seq], 1))
     return Gains(*stacked, None)
+
+
+def _covariances_compiled(prep: Prepared, C_all: Tensor, R_all: Tensor) -> Gains:
+    """The recursion of :func:`_covariances_sequential` as a compiled loop
+    (:func:`seqlvm.kalman.native.riccati`), in float64 and rounded once to the model's dtype."""
+    out = native.riccati(prep.A, prep.Q, C_all, R_all, prep.P0, prep.steps)
+    if out is None:
+        raise _not_positive_definite()
+    return Gains(*out, None).to(C_all.dtype)
 
 
 def _along_time(first: Tensor, rest: Tensor) -> Tensor:
@@ -286,7 +299,9 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
     mean pass in the product layout."""
     T, Bt, n = prep.steps, prep.batch, prep.n
     C_all, R_all = prep.emission()
-    if prep.time_invariant and prep.observed is None:
+    if method == "sequential" and native.usable(prep.A, prep.Q, prep.P0, C_all, R_all):
+        gains = _covariances_compiled(prep, C_all, R_all)
+    elif prep.time_invariant and prep.observed is None:
         gains = _covariances_steady(prep, C_all, R_all)
     else:
         gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)

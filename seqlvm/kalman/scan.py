@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from seqlvm.kalman import native
+
 Elems = tuple[Tensor, ...]
 
 
@@ -123,10 +125,13 @@ def linear_recurrence(
     broadcasting. With ``reverse=True`` the recursion runs backwards: ``h_t = F_t h_{t+1} + g_t``,
     starting from h0 after the last step. With ``congruence=True`` the states are covariances
     (k = n) and the step is ``h_t = F_t h_{t-1} F_t^T + g_t``. ``method="sequential"`` is the
-    plain loop; ``"parallel"`` the blocked scan of :func:`_chunked_recurrence`.
+    plain loop (compiled, :func:`seqlvm.kalman.native.linear_recurrence`, where it can stand in);
+    ``"parallel"`` the blocked scan of :func:`_chunked_recurrence`.
     """
     if g.shape[1] == 0:
         return g
+    if method == "sequential" and native.usable(F, g, h0):
+        return native.linear_recurrence(F, g, h0, reverse, congruence)
     if method == "parallel":
         return _chunked_recurrence(F, g, h0, reverse, congruence)
     return _stepwise(F, g, h0, reverse, congruence)

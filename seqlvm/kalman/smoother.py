@@ -118,8 +118,9 @@ def kalman_smoother(
 
     ``method="parallel"`` runs both passes parallel in time (the filter's covariances by the
     associative scan of Särkkä & García-Fernández 2021, every linear recurrence by a blocked
-    scan), ``"sequential"`` as loops; either way a stretch with steady gains has its means solved
-    in exact blocks and its covariances by doubling.
+    scan), ``"sequential"`` as loops (compiled on the CPU where no gradient is taken: see
+    :func:`seqlvm.kalman.kalman_filter`); either way a stretch with steady gains has its means
+    solved in exact blocks and its covariances by doubling.
     """
     check_method(method, "kalman_smoother")
     prep = prepare(params, x, mask, u, fn="kalman_smoother")

@@ -1,0 +1,250 @@
+/*
+ * Compiled loops for the Kalman core's sequential recursions on the CPU (seqlvm.kalman.native).
+ *
+ * Eager PyTorch pays a few microseconds of dispatch for every operation, and a step of these
+ * recursions is a handful of products of n x n matrices with n around 4: one step costs more in
+ * dispatch than in arithmetic. These loops do the same arithmetic with no dispatch. They work on
+ * raw, C-contiguous buffers that seqlvm/kalman/native.py checks and lays out; nothing here
+ * allocates a tensor or sees a Python object other than integers.
+ *
+ *   linear_recurrence  h_t = F_t h_{t-1} + g_t  (or F_t h_{t-1} F_t^T + g_t), float32 or float64
+ *   riccati            the filter's covariance recursion (Joseph form), float64
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* out (r x c) = a (r x s) b (s x c), all row-major. */
+#define DEFINE_MATMUL(T, NAME)                                                               \
+    static void NAME(const T *a, const T *b, T *out, long r, long s, long c) {               \
+        for (long i = 0; i < r; i++) {                                                       \
+            T *o = out + i * c;                                                              \
+            for (long j = 0; j < c; j++) o[j] = 0;                                           \
+            for (long l = 0; l < s; l++) {                                                   \
+                const T w = a[i * s + l];                                                    \
+                const T *bl = b + l * c;                                                     \
+                for (long j = 0; j < c; j++) o[j] += w * bl[j];                              \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_MATMUL(float, matmul_f)
+DEFINE_MATMUL(double, matmul_d)
+
+/*
+ * h_t = F_t h_{t-1} + g_t for the N steps of each of B sequences; congruence: F_t h_{t-1} F_t^T + g_t.
+ * F (bF, N, n, n), g (bg, N, n, k), h0 (bh, n, k), out (B, N, n, k); each operand's batch
+ * stride is 0 when it is shared by the B sequences. reverse: t runs N-1 .. 0 and h_{t+1} takes
+ * the place of h_{t-1}. scratch: n * n elements (congruence only).
+ */
+#define DEFINE_LINREC(T, NAME, MATMUL)                                                       \
+    static void NAME(const T *F, long sF, const T *g, long sg, const T *h0, long sh, T *out, \
+                     long B, long N, long n, long k, int reverse, int congruence, T *scratch) { \
+        const long nn = n * n, nk = n * k;                                                   \
+        for (long b = 0; b < B; b++) {                                                       \
+            const T *prev = h0 + b * sh;                                                     \
+            for (long i = 0; i < N; i++) {                                                   \
+                const long t = reverse ? N - 1 - i : i;                                      \
+                const T *Ft = F + b * sF + t * nn, *gt = g + b * sg + t * nk;                \
+                T *ht = out + (b * N + t) * nk;                                              \
+                if (congruence) { /* (F h) F^T */                                         \
+                    MATMUL(Ft, prev, scratch, n, n, n);                                      \
+                    for (long r = 0; r < n; r++)                                             \
+                        for (long c = 0; c < n; c++) {                                       \
+                            T acc = 0;                                                       \
+                            for (long l = 0; l < n; l++) acc += scratch[r * n + l] * Ft[c * n + l]; \
+                            ht[r * n + c] = acc + gt[r * n + c];                             \
+                        }                                                                    \
+                } else {                                                                     \
+                    MATMUL(Ft, prev, ht, n, n, k);                                           \
+                    for (long j = 0; j < nk; j++) ht[j] += gt[j];                            \
+                }                                                                            \
+                prev = ht;                                                                   \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_LINREC(float, linrec_f, matmul_f)
+DEFINE_LINREC(double, linrec_d, matmul_d)
+
+/* In-place lower Cholesky factor of the m x m matrix S (upper triangle zeroed); 0 if not
+ * positive definite. */
+static int cholesky(double *S, long m) {
+    for (long j = 0; j < m; j++) {
+        double d = S[j * m + j];
+        for (long l = 0; l < j; l++) d -= S[j * m + l] * S[j * m + l];
+        if (!(d > 0)) return 0; /* also catches NaN */
+        d = sqrt(d);
+        S[j * m + j] = d;
+        for (long i = j + 1; i < m; i++) {
+            double v = S[i * m + j];
+            for (long l = 0; l < j; l++) v -= S[i * m + l] * S[j * m + l];
+            S[i * m + j] = v / d;
+        }
+        for (long i = 0; i < j; i++) S[i * m + j] = 0;
+    }
+    return 1;
+}
+
+static void symmetrise(double *P, long n) {
+    for (long i = 0; i < n; i++)
+        for (long j = 0; j < i; j++) {
+            const double v = 0.5 * (P[i * n + j] + P[j * n + i]);
+            P[i * n + j] = v;
+            P[j * n + i] = v;
+        }
+}
+
+/*
+ * The filter's covariance pass for B sequences of T steps, in float64 (seqlvm.kalman.filter):
+ *   P_{t|t-1} = P0 (t = 0) or sym(A_t P_{t-1|t-1} A_t^T + Q_t),  S_t = C_t P_{t|t-1} C_t^T + R_t = L_t L_t^T,
+ *   K_t = P_{t|t-1} C_t^T S_t^-1 (two triangular solves),
+ *   P_{t|t} = sym((I - K_t C_t) P_{t|t-1} (I - K_t C_t)^T + K_t R_t K_t^T)   (Joseph form).
+ * Inputs A, Q (., ., n, n), C (., ., m, n), R (., ., m, m), P0 (., n, n), each with a batch and a
+ * time stride (0 when shared or time-invariant). Outputs pred, filt (B, T, n, n), K (B, T, n, m),
+ * L (B, T, m, m). Returns 1, or 0 at the first S_t that is not positive definite.
+ */
+static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, long tQ,
+                   const double *C, long bC, long tC, const double *R, long bR, long tR,
+                   const double *P0, long bP, double *pred, double *filt, double *K, double *L,
+                   long B, long T, long n, long m, double *work) {
+    const long nn = n * n, nm = n * m, mm = m * m;
+    double *AP = work, *CP = AP + nn, *Kt = CP + nm, *IKC = Kt + nm, *M = IKC + nn, *KR = M + nn;
+    for (long b = 0; b < B; b++) {
+        for (long t = 0; t < T; t++) {
+            const double *At = A + b * bA + t * tA, *Qt = Q + b * bQ + t * tQ;
+            const double *Ct = C + b * bC + t * tC, *Rt = R + b * bR + t * tR;
+            double *Pp = pred + (b * T + t) * nn, *Pf = filt + (b * T + t) * nn;
+            double *Kb = K + (b * T + t) * nm, *Lt = L + (b * T + t) * mm;
+            if (t == 0) {
+                memcpy(Pp, P0 + b * bP, nn * sizeof(double));
+            } else { /* A P A^T + Q */
+                const double *Pprev = Pf - nn;
+                matmul_d(At, Pprev, AP, n, n, n);
+                for (long i = 0; i < n; i++)
+                    for (long j = 0; j < n; j++) {
+                        double acc = 0;
+                        for (long l = 0; l < n; l++) acc += AP[i * n + l] * At[j * n + l];
+                        Pp[i * n + j] = acc + Qt[i * n + j];
+                    }
+                symmetrise(Pp, n);
+            }
+            matmul_d(Ct, Pp, CP, m, n, n); /* C P (m x n) */
+            for (long i = 0; i < m; i++)   /* S = C P C^T + R */
+                for (long j = 0; j < m; j++) {
+                    double acc = 0;
+                    for (long l = 0; l < n; l++) acc += CP[i * n + l] * Ct[j * n + l];
+                    Lt[i * m + j] = acc + Rt[i * m + j];
+                }
+            if (!cholesky(Lt, m)) return 0;
+            /* K^T = S^-1 C P: forward solve L Y = C P, then back solve L^T K^T = Y. */
+            memcpy(Kt, CP, nm * sizeof(double));
+            for (long i = 0; i < m; i++)
+                for (long c = 0; c < n; c++) {
+                    double v = Kt[i * n + c];
+                    for (long l = 0; l < i; l++) v -= Lt[i * m + l] * Kt[l * n + c];
+                    Kt[i * n + c] = v / Lt[i * m + i];
+                }
+            for (long i = m - 1; i >= 0; i--)
+                for (long c = 0; c < n; c++) {
+                    double v = Kt[i * n + c];
+                    for (long l = i + 1; l < m; l++) v -= Lt[l * m + i] * Kt[l * n + c];
+                    Kt[i * n + c] = v / Lt[i * m + i];
+                }
+            for (long i = 0; i < n; i++) /* K = (K^T)^T */
+                for (long j = 0; j < m; j++) Kb[i * m + j] = Kt[j * n + i];
+            for (long i = 0; i < n; i++) /* I - K C */
+                for (long j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (long l = 0; l < m; l++) acc += Kb[i * m + l] * Ct[l * n + j];
+                    IKC[i * n + j] = (i == j) - acc;
+                }
+            matmul_d(IKC, Pp, M, n, n, n);
+            matmul_d(Kb, Rt, KR, n, m, m);
+            for (long i = 0; i < n; i++) /* (I-KC) P (I-KC)^T + K R K^T */
+                for (long j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (long l = 0; l < n; l++) acc += M[i * n + l] * IKC[j * n + l];
+                    for (long l = 0; l < m; l++) acc += KR[i * m + l] * Kb[j * m + l];
+                    Pf[i * n + j] = acc;
+                }
+            symmetrise(Pf, n);
+        }
+    }
+    return 1;
+}
+
+/* Python wrappers: every argument is an integer (addresses from Tensor.data_ptr()). */
+
+static int take_longs(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long long *out,
+                      const char *fn) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd integer arguments; got %zd", fn, want, nargs);
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = PyLong_AsLongLong(args[i]);
+        if (out[i] == -1 && PyErr_Occurred()) return 0;
+    }
+    return 1;
+}
+
+#define PTR(v) ((void *)(intptr_t)(v))
+
+/* linear_recurrence(double, F, sF, g, sg, h0, sh, out, B, N, n, k, reverse, congruence) */
+static PyObject *py_linear_recurrence(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[14];
+    if (!take_longs(args, nargs, 14, a, "linear_recurrence")) return NULL;
+    const long n = (long)a[10];
+    void *scratch = malloc((size_t)(n * n) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
+    if (!scratch) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    if (a[0])
+        linrec_d(PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6], PTR(a[7]),
+                 (long)a[8], (long)a[9], n, (long)a[11], (int)a[12], (int)a[13], scratch);
+    else
+        linrec_f(PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6], PTR(a[7]),
+                 (long)a[8], (long)a[9], n, (long)a[11], (int)a[12], (int)a[13], scratch);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    Py_RETURN_NONE;
+}
+
+/* riccati(A, bA, tA, Q, bQ, tQ, C, bC, tC, R, bR, tR, P0, bP, pred, filt, K, L, B, T, n, m) -> bool */
+static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[22];
+    if (!take_longs(args, nargs, 22, a, "riccati")) return NULL;
+    const long n = (long)a[20], m = (long)a[21];
+    double *work = malloc((size_t)(4 * n * n + 3 * n * m + 1) * sizeof(double));
+    if (!work) return PyErr_NoMemory();
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = riccati(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5], PTR(a[6]),
+                 (long)a[7], (long)a[8], PTR(a[9]), (long)a[10], (long)a[11], PTR(a[12]),
+                 (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]), (long)a[18],
+                 (long)a[19], n, m, work);
+    Py_END_ALLOW_THREADS
+    free(work);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef methods[] = {
+    {"linear_recurrence", (PyCFunction)(void (*)(void))py_linear_recurrence, METH_FASTCALL,
+     "h_t = F_t h_{t-1} + g_t over raw buffers (see seqlvm.kalman.native)."},
+    {"riccati", (PyCFunction)(void (*)(void))py_riccati, METH_FASTCALL,
+     "The Kalman filter's covariance recursion over raw float64 buffers (see seqlvm.kalman.native)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_native",
+    .m_doc = "Compiled loops of seqlvm.kalman (see native.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

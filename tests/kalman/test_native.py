@@ -1,0 +1,100 @@
+"""The compiled loops of ``seqlvm.kalman.native`` against their definitions, and where they may
+stand in for the PyTorch ones. (The oracle tests run with and without them: see conftest.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the compiled loops are not built")
+
+
+@pytest.fixture(autouse=True)
+def loops() -> str:
+    """These tests are about the compiled loops themselves: they run once, with the loops on
+    (overriding conftest.py's fixture of both)."""
+    return "compiled"
+
+
+def _definition(F: torch.Tensor, g: torch.Tensor, h0: torch.Tensor, reverse: bool, congruence: bool) -> torch.Tensor:
+    """h_t = F_t h_{t-1} + g_t (F_t h_{t-1} F_t^T + g_t), one sequence and one step at a time, in float64."""
+    F, g, h0 = F.double(), g.double(), h0.double()
+    B, N = max(F.shape[0], g.shape[0], h0.shape[0]), g.shape[1]
+    out = torch.empty(B, N, *g.shape[2:], dtype=torch.float64)
+    for b in range(B):
+        Fb, gb = F[b % F.shape[0]], g[b % g.shape[0]]
+        h = h0[b % h0.shape[0]]
+        for t in reversed(range(N)) if reverse else range(N):
+            h = (Fb[t] @ h @ Fb[t].T if congruence else Fb[t] @ h) + gb[t]
+            out[b, t] = h
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("congruence", [False, True])
+@pytest.mark.parametrize("batches", [(1, 1, 1), (3, 1, 1), (1, 3, 3), (3, 3, 1), (1, 1, 3)])
+def test_linear_recurrence_follows_its_definition(dtype, reverse, congruence, batches) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, N = 3, 7
+    k = n if congruence else 5
+    bF, bg, bh = batches
+    F = 0.5 * torch.randn(bF, N, n, n, generator=gen, dtype=dtype)
+    g = torch.randn(bg, N, n, k, generator=gen, dtype=dtype)
+    h0 = torch.randn(bh, n, k, generator=gen, dtype=dtype)
+    got = native.linear_recurrence(F.transpose(-1, -2).mT, g, h0, reverse, congruence)  # a strided view too
+    assert got.dtype == dtype and got.shape == (max(batches), N, n, k)
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(got.double(), _definition(F, g, h0, reverse, congruence), rtol=tol, atol=tol)
+
+
+def _model(dtype: torch.dtype) -> LGSSMParams:
+    gen = torch.Generator().manual_seed(1)
+    n, m = 4, 2
+    A = 0.9 * torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0]
+    X = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    Q = X @ X.T / n + 0.1 * torch.eye(n, dtype=torch.float64)
+    C = torch.randn(m, n, generator=gen, dtype=torch.float64)
+    params = LGSSMParams(A, C, Q, 0.5 * torch.eye(m, dtype=torch.float64), torch.zeros(n, dtype=torch.float64),
+                         torch.eye(n, dtype=torch.float64))
+    return LGSSMParams(*(None if p is None else p.to(dtype) for p in params))
+
+
+def test_float32_covariances_are_float64_ones_rounded() -> None:
+    """The compiled covariance pass works in float64 whatever the model's dtype, as the
+    steady-state doubling does: a float32 model gets the float64 covariances, rounded once."""
+    p32 = _model(torch.float32)
+    p64 = LGSSMParams(*(None if p is None else p.double() for p in p32))  # the same numbers
+    x = torch.randn(3, 50, 2, generator=torch.Generator().manual_seed(2))
+    f32, f64 = kalman_filter(p32, x), kalman_filter(p64, x.double())
+    for a, b in [(f32.covs, f64.covs), (f32.pred_covs, f64.pred_covs)]:
+        assert torch.equal(a, b.float())
+
+
+def test_usable_only_without_a_gradient_through_the_operands() -> None:
+    a = torch.ones(2, 2)
+    leaf = torch.ones(2, 2, requires_grad=True)
+    assert native.usable(a, a)
+    assert not native.usable(a, leaf)
+    with torch.no_grad():
+        assert native.usable(a, leaf)
+    assert not native.usable(a.half(), a.half())
+    assert not native.usable(a, a.double())
+    assert not native.usable(a.long())
+    with native.disabled():
+        assert not native.usable(a) and not native.available()
+    assert native.usable(a)
+
+
+def test_a_gradient_takes_the_pytorch_loops_and_matches_them() -> None:
+    params = _model(torch.float64)
+    A = params.A.clone().requires_grad_(True)
+    x = torch.randn(2, 20, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s = kalman_smoother(params._replace(A=A), x)
+    assert s.means.requires_grad and s.covs.requires_grad
+    with torch.no_grad():
+        compiled = kalman_smoother(params, x)
+    for a, b in [(s.means, compiled.means), (s.covs, compiled.covs), (s.cross_covs, compiled.cross_covs)]:
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-12)
