@@ -9,6 +9,7 @@
  *
  *   linear_recurrence  h_t = F_t h_{t-1} + g_t  (or F_t h_{t-1} F_t^T + g_t), float32 or float64
  *   riccati            the filter's covariance recursion (Joseph form), float64
+ *   filter_means       the filter's mean pass given its gains, float32 or float64
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -69,6 +70,50 @@ DEFINE_MATMUL(double, matmul_d)
 
 DEFINE_LINREC(float, linrec_f, matmul_f)
 DEFINE_LINREC(double, linrec_d, matmul_d)
+
+/*
+ * The filter's mean pass for B sequences of T steps, given its covariance pass (gains K_t and
+ * the Cholesky factors L_t of S_t), k columns at once (the product layout of linalg.columns):
+ *   m_{t|t-1} = m0 (t = 0) or A_t m_{t-1|t-1} + U_t,   v_t = X_t - C_t m_{t|t-1},
+ *   W_t = L_t^-1 v_t (forward substitution),          m_{t|t} = m_{t|t-1} + K_t v_t.
+ * A (., ., n, n) and C (., ., m, n) with batch and time strides; K (., T, n, m), L (., T, m, m),
+ * X (., T, m, k), U (., T, n, k) or NULL (control offsets), m0 (., n, k) with batch strides.
+ * Outputs means, pred (B, T, n, k), W (B, T, m, k). scratch: m * k elements.
+ */
+#define DEFINE_FILTER_MEANS(T_, NAME, MATMUL)                                                      \
+    static void NAME(const T_ *A, long bA, long tA, const T_ *C, long bC, long tC, const T_ *K,    \
+                     long bK, const T_ *L, long bL, const T_ *X, long bX, const T_ *U, long bU,    \
+                     const T_ *m0, long b0, T_ *means, T_ *pred, T_ *W, long B, long T, long n,    \
+                     long m, long k, T_ *v) {                                                      \
+        const long nk = n * k, mk = m * k;                                                         \
+        for (long b = 0; b < B; b++)                                                               \
+            for (long t = 0; t < T; t++) {                                                         \
+                T_ *pt = pred + (b * T + t) * nk, *mt = means + (b * T + t) * nk;                  \
+                T_ *wt = W + (b * T + t) * mk;                                                     \
+                const T_ *Ct = C + b * bC + t * tC, *Kt = K + b * bK + t * n * m;                  \
+                const T_ *Lt = L + b * bL + t * m * m, *Xt = X + b * bX + t * mk;                  \
+                if (t == 0) {                                                                      \
+                    memcpy(pt, m0 + b * b0, nk * sizeof(T_));                                      \
+                } else {                                                                           \
+                    MATMUL(A + b * bA + t * tA, mt - nk, pt, n, n, k);                             \
+                    if (U)                                                                         \
+                        for (long j = 0; j < nk; j++) pt[j] += U[b * bU + t * nk + j];             \
+                }                                                                                  \
+                MATMUL(Ct, pt, v, m, n, k); /* v = X - C pred */                                   \
+                for (long j = 0; j < mk; j++) v[j] = Xt[j] - v[j];                                 \
+                for (long i = 0; i < m; i++) /* W = L^-1 v */                                      \
+                    for (long c = 0; c < k; c++) {                                                 \
+                        T_ acc = v[i * k + c];                                                     \
+                        for (long l = 0; l < i; l++) acc -= Lt[i * m + l] * wt[l * k + c];         \
+                        wt[i * k + c] = acc / Lt[i * m + i];                                       \
+                    }                                                                              \
+                MATMUL(Kt, v, mt, n, m, k); /* m = pred + K v */                                   \
+                for (long j = 0; j < nk; j++) mt[j] += pt[j];                                      \
+            }                                                                                      \
+    }
+
+DEFINE_FILTER_MEANS(float, filter_means_f, matmul_f)
+DEFINE_FILTER_MEANS(double, filter_means_d, matmul_d)
 
 /* In-place lower Cholesky factor of the m x m matrix S (upper triangle zeroed); 0 if not
  * positive definite. */
@@ -213,6 +258,30 @@ static PyObject *py_linear_recurrence(PyObject *self, PyObject *const *args, Py_
     Py_RETURN_NONE;
 }
 
+/* filter_means(double, A, bA, tA, C, bC, tC, K, bK, L, bL, X, bX, U, bU, m0, b0, means, pred, W,
+ *              B, T, n, m, k); U = 0 for no controls */
+static PyObject *py_filter_means(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[25];
+    if (!take_longs(args, nargs, 25, a, "filter_means")) return NULL;
+    const long m = (long)a[23], k = (long)a[24];
+    void *v = malloc((size_t)(m * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
+    if (!v) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    if (a[0])
+        filter_means_d(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6],
+                       PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
+                       PTR(a[13]), (long)a[14], PTR(a[15]), (long)a[16], PTR(a[17]), PTR(a[18]),
+                       PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], m, k, v);
+    else
+        filter_means_f(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6],
+                       PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
+                       PTR(a[13]), (long)a[14], PTR(a[15]), (long)a[16], PTR(a[17]), PTR(a[18]),
+                       PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], m, k, v);
+    Py_END_ALLOW_THREADS
+    free(v);
+    Py_RETURN_NONE;
+}
+
 /* riccati(A, bA, tA, Q, bQ, tQ, C, bC, tC, R, bR, tR, P0, bP, pred, filt, K, L, B, T, n, m) -> bool */
 static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long a[22];
@@ -234,6 +303,8 @@ static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t na
 static PyMethodDef methods[] = {
     {"linear_recurrence", (PyCFunction)(void (*)(void))py_linear_recurrence, METH_FASTCALL,
      "h_t = F_t h_{t-1} + g_t over raw buffers (see seqlvm.kalman.native)."},
+    {"filter_means", (PyCFunction)(void (*)(void))py_filter_means, METH_FASTCALL,
+     "The Kalman filter's mean pass over raw buffers (see seqlvm.kalman.native)."},
     {"riccati", (PyCFunction)(void (*)(void))py_riccati, METH_FASTCALL,
      "The Kalman filter's covariance recursion over raw float64 buffers (see seqlvm.kalman.native)."},
     {NULL, NULL, 0, NULL},

@@ -294,30 +294,21 @@ class MeanPass(NamedTuple):
     shared: bool
 
 
-def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPass]:
-    """The filter on prepared inputs, its data-independent half (gains, steady state) and its
-    mean pass in the product layout."""
-    T, Bt, n = prep.steps, prep.batch, prep.n
-    C_all, R_all = prep.emission()
-    if method == "sequential" and native.usable(prep.A, prep.Q, prep.P0, C_all, R_all):
-        gains = _covariances_compiled(prep, C_all, R_all)
-    elif prep.time_invariant and prep.observed is None:
-        gains = _covariances_steady(prep, C_all, R_all)
-    else:
-        gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
+def _mean_pass(
+    prep: Prepared, gains: Gains, C_all: Tensor, X: Tensor, controls: Tensor | None, m0: Tensor, method: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Filtered means, one-step predictions and whitened innovations (the MeanPass fields) in
+    the product layout, by the affine recurrence of the module docstring, solved by a loop or a
+    blocked scan (``method``), in exact blocks where the gain is steady."""
+    T, n = prep.steps, prep.n
     K, s = gains.K, gains.steady_from
-    shared = K.shape[0] == 1
     C, A = full_time(C_all, T), full_time(prep.A, T)
     IKC = torch.eye(n, dtype=K.dtype, device=K.device) - K @ C  # (b, T, n, n)
-    X = columns(prep.x, shared)
-    m0 = columns(prep.m0.expand(Bt, n), shared)
-    # Mean pass: m_t = F_t m_{t-1} + g_t with F_t = (I - K_t C_t) A_t, g_t = (I - K_t C_t) B_t u_t + K_t x_t.
+    # m_t = F_t m_{t-1} + g_t with F_t = (I - K_t C_t) A_t, g_t = (I - K_t C_t) B_t u_t + K_t x_t.
     # Without controls g_t = K_t x_t is left to the solver (G = K), which forms it only where
     # the gain varies.
     g, G = X, K
-    controls = prep.controls()
-    if controls is not None:  # u_0 drives nothing: z_0 is the prior
-        controls = columns(controls, shared)
+    if controls is not None:
         g = K @ X + torch.cat([torch.zeros_like(controls[:, :1]), IKC[:, 1:] @ controls[:, 1:]], dim=1)
         G = None
     # F_0 = I - K_0 C_0 takes the prior mean m0 to m_0, so the recursion starts from m0.
@@ -329,6 +320,31 @@ def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPa
         pred = pred + controls[:, 1:]
     pred_means = torch.cat([m0.unsqueeze(1), pred], dim=1)
     whitened = torch.linalg.solve_triangular(gains.chols, matmul_add(X, C, pred_means, -1.0), upper=False)
+    return means, pred_means, whitened
+
+
+def run_filter(prep: Prepared, method: str) -> tuple[FilterResult, Gains, MeanPass]:
+    """The filter on prepared inputs, its data-independent half (gains, steady state) and its
+    mean pass in the product layout."""
+    T, Bt, n = prep.steps, prep.batch, prep.n
+    C_all, R_all = prep.emission()
+    if method == "sequential" and native.usable(prep.A, prep.Q, prep.P0, C_all, R_all):
+        gains = _covariances_compiled(prep, C_all, R_all)
+    elif prep.time_invariant and prep.observed is None:
+        gains = _covariances_steady(prep, C_all, R_all)
+    else:
+        gains = (_covariances_parallel if method == "parallel" else _covariances_sequential)(prep, C_all, R_all)
+    shared = gains.K.shape[0] == 1
+    X = columns(prep.x, shared)
+    m0 = columns(prep.m0.expand(Bt, n), shared)
+    controls = prep.controls()  # u_0 drives nothing: z_0 is the prior
+    if controls is not None:
+        controls = columns(controls, shared)
+    operands = [prep.A, C_all, gains.K, gains.chols, X, m0] + ([] if controls is None else [controls])
+    if method == "sequential" and native.usable(*operands):
+        means, pred_means, whitened = native.filter_means(prep.A, C_all, gains.K, gains.chols, X, controls, m0)
+    else:
+        means, pred_means, whitened = _mean_pass(prep, gains, C_all, X, controls, m0, method)
     # log N(v; 0, S) with S = L L^T; the observed count in the 2 pi term lets padded, unobserved
     # entries (v_i = 0, unit variance, uncorrelated) add exactly 0.
     quad = uncolumns(whitened.pow(2).sum(-2, keepdim=True))

@@ -9,8 +9,8 @@ package is installed) runs the same loops with no dispatch:
 - :func:`linear_recurrence`: ``h_t = F_t h_{t-1} + g_t`` (or ``F_t h_{t-1} F_t^T + g_t``), in the
   tensors' own float32 or float64; it serves :func:`seqlvm.kalman.scan.linear_recurrence`.
 - :func:`riccati`: the filter's covariance pass, in float64 and rounded once to the model's
-  dtype (as the steady-state doubling does); it serves ``method="sequential"`` in
-  :func:`seqlvm.kalman.filter.run_filter`.
+  dtype (as the steady-state doubling does), and :func:`filter_means`, its mean pass given the
+  gains; they serve ``method="sequential"`` in :func:`seqlvm.kalman.filter.run_filter`.
 
 Both only compute values, so they stand in where no gradient is taken through them (inference,
 and the forward pass of :func:`seqlvm.kalman.log_likelihood`, whose gradient comes from Fisher's
@@ -65,25 +65,39 @@ def usable(*tensors: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _batch(t: Tensor, B: int, name: str) -> tuple[Tensor, int]:
-    """t (1 or B, ...) contiguous, and its batch stride in elements (0 when shared)."""
+Operand = tuple[Tensor, int, int]  # contiguous tensor, batch stride, time stride
+
+
+def _operand(t: Tensor, B: int, name: str, dtype: torch.dtype | None = None) -> Operand:
+    """An operand (1 or B, T', ...) for the C loops: contiguous (in ``dtype`` if given), with its
+    batch stride and the stride of dim 1 in elements, each 0 where the size is 1 (shared by the
+    sequences, or the same at every step). The tensor may be a copy, which the caller must hold
+    until the C call returns: the C code sees only its address."""
     if t.shape[0] not in (1, B):
         raise ValueError(f"native: {name} has batch {t.shape[0]}, expected 1 or {B}")
-    t = t.contiguous()
-    return t, 0 if t.shape[0] == 1 else t[0].numel()
+    t = t.contiguous() if dtype is None else t.to(dtype).contiguous()
+    step = t[0, 0].numel() if t.dim() > 1 else 1
+    return t, 0 if t.shape[0] == 1 else t[0].numel(), 0 if t.dim() < 2 or t.shape[1] == 1 else step
+
+
+def _with_time(*operands: Operand) -> list[int]:
+    """Address, batch stride and time stride of each operand, for the C loops' arguments."""
+    return [v for t, b, s in operands for v in (t.data_ptr(), b, s)]
+
+
+def _batched(*operands: Operand | None) -> list[int]:
+    """Address and batch stride of each operand (0, 0 for None: an absent input)."""
+    return [v for op in operands for v in ((0, 0) if op is None else (op[0].data_ptr(), op[1]))]
 
 
 def linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruence: bool) -> Tensor:
     """:func:`seqlvm.kalman.scan.linear_recurrence` with ``method="sequential"``, compiled:
     F (b, N, n, n), g (c, N, n, k), h0 (c', n, k) -> (B, N, n, k), B = max(b, c, c')."""
     B, N, n, k = max(F.shape[0], g.shape[0], h0.shape[0]), g.shape[1], g.shape[2], g.shape[3]
-    F, sF = _batch(F, B, "F")
-    g, sg = _batch(g, B, "g")
-    h0, sh = _batch(h0, B, "h0")
+    ops = [_operand(F, B, "F"), _operand(g, B, "g"), _operand(h0, B, "h0")]  # held until the call returns
     out = torch.empty(B, N, n, k, dtype=g.dtype)
     _native.linear_recurrence(
-        int(g.dtype == torch.float64), F.data_ptr(), sF, g.data_ptr(), sg, h0.data_ptr(), sh,
-        out.data_ptr(), B, N, n, k, int(reverse), int(congruence),
+        int(g.dtype == torch.float64), *_batched(*ops), out.data_ptr(), B, N, n, k, int(reverse), int(congruence)
     )
     return out
 
@@ -97,15 +111,37 @@ def riccati(
     gains (B, T, n, m) and the Cholesky factors of the innovation covariances (B, T, m, m), all
     float64; None when an innovation covariance is not positive definite."""
     B, n, m = max(p.shape[0] for p in (A, Q, C, R, P0)), A.shape[-1], C.shape[-2]
-    args = []
-    for name, p in (("A", A), ("Q", Q), ("C", C), ("R", R)):
-        p, sb = _batch(p.to(torch.float64), B, name)
-        args += [p, sb, 0 if p.shape[1] == 1 else p[0, 0].numel()]
-    P0, sP = _batch(P0.to(torch.float64), B, "P0")
-    pred, filt = (torch.empty(B, steps, n, n, dtype=torch.float64) for _ in range(2))
-    K = torch.empty(B, steps, n, m, dtype=torch.float64)
-    L = torch.empty(B, steps, m, m, dtype=torch.float64)
-    ptrs = [a.data_ptr() if isinstance(a, Tensor) else a for a in args]
-    ok = _native.riccati(*ptrs, P0.data_ptr(), sP, pred.data_ptr(), filt.data_ptr(), K.data_ptr(),
+    f64 = torch.float64
+    ops = [_operand(p, B, name, f64) for name, p in (("A", A), ("Q", Q), ("C", C), ("R", R))]
+    P0, sP, _ = _operand(P0, B, "P0", f64)
+    pred, filt = (torch.empty(B, steps, n, n, dtype=f64) for _ in range(2))
+    K, L = torch.empty(B, steps, n, m, dtype=f64), torch.empty(B, steps, m, m, dtype=f64)
+    ok = _native.riccati(*_with_time(*ops), P0.data_ptr(), sP, pred.data_ptr(), filt.data_ptr(), K.data_ptr(),
                          L.data_ptr(), B, steps, n, m)
     return (pred, filt, K, L) if ok else None
+
+
+def filter_means(
+    A: Tensor, C: Tensor, K: Tensor, L: Tensor, X: Tensor, U: Tensor | None, m0: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The filter's mean pass of :func:`seqlvm.kalman.filter._mean_pass`, compiled, in the
+    textbook form ``m_{t|t-1} = A_t m_{t-1|t-1} + U_t``, ``v_t = X_t - C_t m_{t|t-1}``,
+    ``m_{t|t} = m_{t|t-1} + K_t v_t``, with the whitened innovations ``L_t^-1 v_t``.
+
+    A (b, T', n, n), C (b, T', m, n) in the internal layout; gains K (b, T, n, m), innovation
+    factors L (b, T, m, m); data X (c, T, m, k), control offsets U (c, T, n, k) or None, prior
+    means m0 (c, n, k) in the product layout of :func:`seqlvm.kalman.linalg.columns` ->
+    filtered and predicted means (B, T, n, k), whitened innovations (B, T, m, k).
+    """
+    B, T, m, k = max(t.shape[0] for t in (A, C, K, L, X, m0)), X.shape[1], X.shape[2], X.shape[3]
+    n = A.shape[-1]
+    means, pred = (torch.empty(B, T, n, k, dtype=X.dtype) for _ in range(2))
+    W = torch.empty(B, T, m, k, dtype=X.dtype)
+    timed = [_operand(A, B, "A"), _operand(C, B, "C")]  # both lists held until the call returns
+    ops = [_operand(K, B, "K"), _operand(L, B, "L"), _operand(X, B, "X"), None if U is None else _operand(U, B, "U"),
+           _operand(m0, B, "m0")]
+    _native.filter_means(
+        int(X.dtype == torch.float64), *_with_time(*timed), *_batched(*ops),
+        means.data_ptr(), pred.data_ptr(), W.data_ptr(), B, T, n, m, k,
+    )
+    return means, pred, W
