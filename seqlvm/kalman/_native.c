@@ -150,12 +150,14 @@ static void symmetrise(double *P, long n) {
  *   P_{t|t} = sym((I - K_t C_t) P_{t|t-1} (I - K_t C_t)^T + K_t R_t K_t^T)   (Joseph form).
  * Inputs A, Q (., ., n, n), C (., ., m, n), R (., ., m, m), P0 (., n, n), each with a batch and a
  * time stride (0 when shared or time-invariant). Outputs pred, filt (B, T, n, n), K (B, T, n, m),
- * L (B, T, m, m). Returns 1, or 0 at the first S_t that is not positive definite.
+ * L (B, T, m, m). continued: P0 is instead the filtered covariance of the step before the first,
+ * which step 0 then predicts from (a recursion resumed in stretches). Returns 1, or 0 at the
+ * first S_t that is not positive definite.
  */
 static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, long tQ,
                    const double *C, long bC, long tC, const double *R, long bR, long tR,
                    const double *P0, long bP, double *pred, double *filt, double *K, double *L,
-                   long B, long T, long n, long m, double *work) {
+                   long B, long T, long n, long m, int continued, double *work) {
     const long nn = n * n, nm = n * m, mm = m * m;
     double *AP = work, *CP = AP + nn, *Kt = CP + nm, *IKC = Kt + nm, *M = IKC + nn, *KR = M + nn;
     for (long b = 0; b < B; b++) {
@@ -164,10 +166,10 @@ static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, 
             const double *Ct = C + b * bC + t * tC, *Rt = R + b * bR + t * tR;
             double *Pp = pred + (b * T + t) * nn, *Pf = filt + (b * T + t) * nn;
             double *Kb = K + (b * T + t) * nm, *Lt = L + (b * T + t) * mm;
-            if (t == 0) {
+            if (t == 0 && !continued) {
                 memcpy(Pp, P0 + b * bP, nn * sizeof(double));
             } else { /* A P A^T + Q */
-                const double *Pprev = Pf - nn;
+                const double *Pprev = t == 0 ? P0 + b * bP : Pf - nn;
                 matmul_d(At, Pprev, AP, n, n, n);
                 for (long i = 0; i < n; i++)
                     for (long j = 0; j < n; j++) {
@@ -282,10 +284,11 @@ static PyObject *py_filter_means(PyObject *self, PyObject *const *args, Py_ssize
     Py_RETURN_NONE;
 }
 
-/* riccati(A, bA, tA, Q, bQ, tQ, C, bC, tC, R, bR, tR, P0, bP, pred, filt, K, L, B, T, n, m) -> bool */
+/* riccati(A, bA, tA, Q, bQ, tQ, C, bC, tC, R, bR, tR, P0, bP, pred, filt, K, L, B, T, n, m,
+ *         continued) -> bool */
 static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[22];
-    if (!take_longs(args, nargs, 22, a, "riccati")) return NULL;
+    long long a[23];
+    if (!take_longs(args, nargs, 23, a, "riccati")) return NULL;
     const long n = (long)a[20], m = (long)a[21];
     double *work = malloc((size_t)(4 * n * n + 3 * n * m + 1) * sizeof(double));
     if (!work) return PyErr_NoMemory();
@@ -294,7 +297,7 @@ static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t na
     ok = riccati(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5], PTR(a[6]),
                  (long)a[7], (long)a[8], PTR(a[9]), (long)a[10], (long)a[11], PTR(a[12]),
                  (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]), (long)a[18],
-                 (long)a[19], n, m, work);
+                 (long)a[19], n, m, (int)a[22], work);
     Py_END_ALLOW_THREADS
     free(work);
     return PyBool_FromLong(ok);

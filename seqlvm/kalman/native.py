@@ -103,13 +103,15 @@ def linear_recurrence(F: Tensor, g: Tensor, h0: Tensor, reverse: bool, congruenc
 
 
 def riccati(
-    A: Tensor, Q: Tensor, C: Tensor, R: Tensor, P0: Tensor, steps: int
+    A: Tensor, Q: Tensor, C: Tensor, R: Tensor, P0: Tensor, steps: int, continued: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """The filter's covariance pass of :func:`seqlvm.kalman.filter._covariances_sequential`,
     compiled, in float64: A, Q (b, T', n, n), C (b, T', m, n), R (b, T', m, m) in the internal
     layout (T' in {1, steps}), P0 (b, n, n) -> predicted and filtered covariances (B, T, n, n),
     gains (B, T, n, m) and the Cholesky factors of the innovation covariances (B, T, m, m), all
-    float64; None when an innovation covariance is not positive definite."""
+    float64; None when an innovation covariance is not positive definite. ``continued``: P0 is
+    the filtered covariance of the step before, and the first step predicts from it (a
+    time-invariant recursion resumed where an earlier call stopped)."""
     B, n, m = max(p.shape[0] for p in (A, Q, C, R, P0)), A.shape[-1], C.shape[-2]
     f64 = torch.float64
     ops = [_operand(p, B, name, f64) for name, p in (("A", A), ("Q", Q), ("C", C), ("R", R))]
@@ -117,7 +119,7 @@ def riccati(
     pred, filt = (torch.empty(B, steps, n, n, dtype=f64) for _ in range(2))
     K, L = torch.empty(B, steps, n, m, dtype=f64), torch.empty(B, steps, m, m, dtype=f64)
     ok = _native.riccati(*_with_time(*ops), P0.data_ptr(), sP, pred.data_ptr(), filt.data_ptr(), K.data_ptr(),
-                         L.data_ptr(), B, steps, n, m)
+                         L.data_ptr(), B, steps, n, m, int(continued))
     return (pred, filt, K, L) if ok else None
 
 

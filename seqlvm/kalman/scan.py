@@ -61,7 +61,7 @@ def associative_scan(combine: Callable[[Elems, Elems], Elems], elems: Sequence[T
 STEADY_MARGIN = 4  # calm steps required after a steady point
 
 
-def _steady_start(seq: Tensor) -> int | None:
+def steady_start(seq: Tensor) -> int | None:
     """The first index along dim 1 from which a sequence of covariance matrices (b, N, n, n)
     stays put to a few units of rounding error, with at least ``STEADY_MARGIN`` calm steps after
     it; None if there is none (a steady state of the covariance recursions).
@@ -104,7 +104,7 @@ def steady_powers(
             more = combine(tuple(p[:, -1:] for p in powers), powers)
             powers = tuple(torch.cat([p, q], 1) for p, q in zip(powers, more))
         values = value(tuple(p[:, :N] for p in powers))
-        steady = _steady_start(values)
+        steady = steady_start(values)
         if steady is not None or N == count:
             return values, steady
         N = min(count, 4 * N)

@@ -73,6 +73,20 @@ def test_float32_covariances_are_float64_ones_rounded() -> None:
         assert torch.equal(a, b.float())
 
 
+def test_riccati_resumed_in_stretches_repeats_one_run_exactly() -> None:
+    """A time-invariant recursion runs in stretches until it is steady; each resumes from the
+    last filtered covariance of the one before, with the same arithmetic as one long run."""
+    p = _model(torch.float64)
+    A, Q, C, R = (v[None, None] for v in (p.A, p.Q, p.C, p.R))
+    P0 = p.P0[None]
+    whole = native.riccati(A, Q, C, R, P0, 50)
+    first = native.riccati(A, Q, C, R, P0, 20)
+    rest = native.riccati(A, Q, C, R, first[1][:, -1], 30, continued=True)
+    for w, a, b in zip(whole, first, rest):
+        assert torch.equal(w, torch.cat([a, b], 1))
+    assert native.riccati(A, Q, 0 * C, -R, P0, 5) is None  # S = -R is not positive definite
+
+
 def test_usable_only_without_a_gradient_through_the_operands() -> None:
     a = torch.ones(2, 2)
     leaf = torch.ones(2, 2, requires_grad=True)

@@ -15,7 +15,6 @@ from seqlvm.kalman import (
     sample_posterior,
     sample_prior,
 )
-from seqlvm.kalman import native
 
 from .dense import dense_moments
 
@@ -206,8 +205,7 @@ def test_long_sequence_sequential_equals_parallel_and_uses_steady_state() -> Non
     g = torch.Generator().manual_seed(0)
     u = torch.randn(4, 400, 2, dtype=DT, generator=g)
     _, x = sample_prior(params, 400, 4, u=u, generator=g)
-    with native.disabled():  # the compiled loops do not need a steady state
-        steady_from = run_filter(prepare(params, x, None, u), "sequential")[1].steady_from
+    steady_from = run_filter(prepare(params, x, None, u), "sequential")[1].steady_from
     assert steady_from is not None and steady_from < 200
     s = kalman_smoother(params, x, u=u)
     p = kalman_smoother(params, x, u=u, method="parallel")
@@ -235,8 +233,7 @@ def test_steady_state_shortcuts_match_the_plain_time_varying_recursion(method: s
                  (fast.filtered.means, plain.filtered.means), (fast.filtered.pred_covs, plain.filtered.pred_covs)]:
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(fast.filtered.log_likelihood, plain.filtered.log_likelihood, atol=1e-9, rtol=1e-12)
-    with native.disabled():  # the compiled loops do not need a steady state
-        assert run_filter(prepare(params, x, None, None), method)[1].steady_from is not None
+    assert run_filter(prepare(params, x, None, None), method)[1].steady_from is not None
     leaves = [params.A.clone().requires_grad_(True), params.C.clone().requires_grad_(True)]
     got = torch.autograd.grad(log_likelihood(params._replace(A=leaves[0], C=leaves[1]), x, method=method).sum(), leaves)
     A_t, C_t = (v.expand(3, T, -1, -1) for v in leaves)
