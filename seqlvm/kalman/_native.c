@@ -10,6 +10,7 @@
  *   linear_recurrence  h_t = F_t h_{t-1} + g_t  (or F_t h_{t-1} F_t^T + g_t), float32 or float64
  *   riccati            the filter's covariance recursion (Joseph form), float64
  *   filter_means       the filter's mean pass given its gains, float32 or float64
+ *   adjoints           the disturbance smoother's backward pass, float32 or float64
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -114,6 +115,56 @@ DEFINE_LINREC(double, linrec_d, matmul_d)
 
 DEFINE_FILTER_MEANS(float, filter_means_f, matmul_f)
 DEFINE_FILTER_MEANS(double, filter_means_d, matmul_d)
+
+/*
+ * The disturbance smoother's adjoints (seqlvm.kalman.likelihood.adjoints), backwards over the T
+ * steps of B sequences, k columns at once: with a_t = A_{t+1}^T rho_{t+1} (0 at the last step),
+ *   u_t = L_t^-T W_t - K_t^T a_t,   rho_t = C_t^T u_t + a_t,
+ * where W_t = L_t^-1 v_t are the filter's whitened innovations. A (., ., n, n) and C (., ., m, n)
+ * with batch and time strides; K (., T, n, m), L (., T, m, m), W (., T, m, k) with batch
+ * strides. Outputs rho (B, T, n, k), u (B, T, m, k). scratch: n * k elements.
+ */
+#define DEFINE_ADJOINTS(T_, NAME)                                                                  \
+    static void NAME(const T_ *A, long bA, long tA, const T_ *C, long bC, long tC, const T_ *K,    \
+                     long bK, const T_ *L, long bL, const T_ *W, long bW, T_ *rho, T_ *u, long B,  \
+                     long T, long n, long m, long k, T_ *a) {                                      \
+        const long nk = n * k, mk = m * k;                                                         \
+        for (long b = 0; b < B; b++)                                                               \
+            for (long t = T - 1; t >= 0; t--) {                                                    \
+                const T_ *Ct = C + b * bC + t * tC, *Kt = K + b * bK + t * n * m;                  \
+                const T_ *Lt = L + b * bL + t * m * m, *Wt = W + b * bW + t * mk;                  \
+                T_ *rt = rho + (b * T + t) * nk, *ut = u + (b * T + t) * mk;                       \
+                for (long j = 0; j < nk; j++) a[j] = 0;                                            \
+                if (t < T - 1) { /* a = A_{t+1}^T rho_{t+1} */                                     \
+                    const T_ *An = A + b * bA + (t + 1) * tA, *rn = rt + nk;                       \
+                    for (long l = 0; l < n; l++)                                                   \
+                        for (long i = 0; i < n; i++) {                                             \
+                            const T_ w = An[l * n + i];                                            \
+                            for (long c = 0; c < k; c++) a[i * k + c] += w * rn[l * k + c];        \
+                        }                                                                          \
+                }                                                                                  \
+                for (long i = m - 1; i >= 0; i--) /* u = L^-T W (back substitution) */             \
+                    for (long c = 0; c < k; c++) {                                                 \
+                        T_ acc = Wt[i * k + c];                                                    \
+                        for (long l = i + 1; l < m; l++) acc -= Lt[l * m + i] * ut[l * k + c];     \
+                        ut[i * k + c] = acc / Lt[i * m + i];                                       \
+                    }                                                                              \
+                for (long l = 0; l < n; l++) /* u -= K^T a */                                      \
+                    for (long i = 0; i < m; i++) {                                                 \
+                        const T_ w = Kt[l * m + i];                                                \
+                        for (long c = 0; c < k; c++) ut[i * k + c] -= w * a[l * k + c];            \
+                    }                                                                              \
+                memcpy(rt, a, nk * sizeof(T_)); /* rho = C^T u + a */                              \
+                for (long i = 0; i < m; i++)                                                       \
+                    for (long l = 0; l < n; l++) {                                                 \
+                        const T_ w = Ct[i * n + l];                                                \
+                        for (long c = 0; c < k; c++) rt[l * k + c] += w * ut[i * k + c];           \
+                    }                                                                              \
+            }                                                                                      \
+    }
+
+DEFINE_ADJOINTS(float, adjoints_f)
+DEFINE_ADJOINTS(double, adjoints_d)
 
 /* In-place lower Cholesky factor of the m x m matrix S (upper triangle zeroed); 0 if not
  * positive definite. */
@@ -284,6 +335,27 @@ static PyObject *py_filter_means(PyObject *self, PyObject *const *args, Py_ssize
     Py_RETURN_NONE;
 }
 
+/* adjoints(double, A, bA, tA, C, bC, tC, K, bK, L, bL, W, bW, rho, u, B, T, n, m, k) */
+static PyObject *py_adjoints(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[20];
+    if (!take_longs(args, nargs, 20, a, "adjoints")) return NULL;
+    const long n = (long)a[17], k = (long)a[19];
+    void *scratch = malloc((size_t)(n * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
+    if (!scratch) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    if (a[0])
+        adjoints_d(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6], PTR(a[7]),
+                   (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12], PTR(a[13]),
+                   PTR(a[14]), (long)a[15], (long)a[16], n, (long)a[18], k, scratch);
+    else
+        adjoints_f(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6], PTR(a[7]),
+                   (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12], PTR(a[13]),
+                   PTR(a[14]), (long)a[15], (long)a[16], n, (long)a[18], k, scratch);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    Py_RETURN_NONE;
+}
+
 /* riccati(A, bA, tA, Q, bQ, tQ, C, bC, tC, R, bR, tR, P0, bP, pred, filt, K, L, B, T, n, m,
  *         continued) -> bool */
 static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -308,6 +380,8 @@ static PyMethodDef methods[] = {
      "h_t = F_t h_{t-1} + g_t over raw buffers (see seqlvm.kalman.native)."},
     {"filter_means", (PyCFunction)(void (*)(void))py_filter_means, METH_FASTCALL,
      "The Kalman filter's mean pass over raw buffers (see seqlvm.kalman.native)."},
+    {"adjoints", (PyCFunction)(void (*)(void))py_adjoints, METH_FASTCALL,
+     "The disturbance smoother's adjoints over raw buffers (see seqlvm.kalman.native)."},
     {"riccati", (PyCFunction)(void (*)(void))py_riccati, METH_FASTCALL,
      "The Kalman filter's covariance recursion over raw float64 buffers (see seqlvm.kalman.native)."},
     {NULL, NULL, 0, NULL},

@@ -37,6 +37,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from seqlvm.kalman import native
 from seqlvm.kalman.filter import FilterResult, Gains, MeanPass, check_method, full_time, run_filter
 from seqlvm.kalman.linalg import columns, matmul_add, matvec, sym, uncolumns
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
@@ -139,10 +140,13 @@ def adjoints(prep: Prepared, gains: Gains, mp: MeanPass, method: str) -> tuple[T
 
     rho_t for t >= 1 is also Q_t^-1 E[f_t | x] and rho_0 = P0^-1 (E[z_0 | x] - m0). Both are built
     from innovations, not from differences of smoothed means and data: on data whose states
-    grow large (a random walk) those differences lose digits that these keep.
+    grow large (a random walk) those differences lose digits that these keep. With
+    ``method="sequential"`` on the CPU the loop is compiled (:func:`seqlvm.kalman.native.adjoints`).
     """
     T = prep.steps
     C, _ = prep.emission()
+    if method == "sequential" and native.usable(prep.A, C, gains.K, gains.chols, mp.whitened):
+        return native.adjoints(prep.A, C, gains.K, gains.chols, mp.whitened)
     Sv = torch.linalg.solve_triangular(gains.chols.transpose(-1, -2), mp.whitened, upper=True)  # S^-1 v
     Ct = full_time(C, T).transpose(-1, -2)  # rho's offsets are C~_t^T S_t^-1 v_t
     last = Ct[:, -1] @ Sv[:, -1]

@@ -11,6 +11,8 @@ package is installed) runs the same loops with no dispatch:
 - :func:`riccati`: the filter's covariance pass, in float64 and rounded once to the model's
   dtype (as the steady-state doubling does), and :func:`filter_means`, its mean pass given the
   gains; they serve ``method="sequential"`` in :func:`seqlvm.kalman.filter.run_filter`.
+- :func:`adjoints`: the disturbance smoother's backward pass, for the gradient of
+  :func:`seqlvm.kalman.log_likelihood` with ``method="sequential"``.
 
 Both only compute values, so they stand in where no gradient is taken through them (inference,
 and the forward pass of :func:`seqlvm.kalman.log_likelihood`, whose gradient comes from Fisher's
@@ -147,3 +149,22 @@ def filter_means(
         means.data_ptr(), pred.data_ptr(), W.data_ptr(), B, T, n, m, k,
     )
     return means, pred, W
+
+
+def adjoints(A: Tensor, C: Tensor, K: Tensor, L: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
+    """The disturbance smoother's adjoints of :func:`seqlvm.kalman.likelihood.adjoints`,
+    compiled, in the textbook form: with ``a_t = A_{t+1}^T rho_{t+1}`` (0 at the last step),
+    ``u_t = L_t^-T W_t - K_t^T a_t`` and ``rho_t = C_t^T u_t + a_t``.
+
+    A (b, T', n, n), C (b, T', m, n) in the internal layout; gains K (b, T, n, m), innovation
+    factors L (b, T, m, m), whitened innovations W (c, T, m, k) in the product layout ->
+    rho (B, T, n, k), u (B, T, m, k).
+    """
+    B, T, m, k = max(t.shape[0] for t in (A, C, K, L, W)), W.shape[1], W.shape[2], W.shape[3]
+    n = A.shape[-1]
+    timed = [_operand(A, B, "A"), _operand(C, B, "C")]  # both lists held until the call returns
+    ops = [_operand(K, B, "K"), _operand(L, B, "L"), _operand(W, B, "W")]
+    rho, u = torch.empty(B, T, n, k, dtype=W.dtype), torch.empty(B, T, m, k, dtype=W.dtype)
+    _native.adjoints(int(W.dtype == torch.float64), *_with_time(*timed), *_batched(*ops), rho.data_ptr(), u.data_ptr(),
+                     B, T, n, m, k)
+    return rho, u
