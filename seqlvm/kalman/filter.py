@@ -13,10 +13,11 @@ observed is predict-only and adds exactly 0 to the log-likelihood.
 
 The work is split in two passes. The covariances (and with them the gains) never depend on the
 values of x, only on which entries are observed: the *covariance pass* computes them once for
-the whole batch when the parameters are shared and nothing is missing. ``"sequential"`` runs it
-as a loop, compiled (``seqlvm.kalman.native``) where no gradient is taken through it on the CPU.
-Otherwise, for a time-invariant, fully observed model it runs only up to the steady state, by
-doubling (``_covariances_steady``), and else by a loop (``"sequential"``) or Särkkä &
+the whole batch when the parameters are shared and nothing is missing. For a time-invariant,
+fully observed model it runs only up to the steady state. ``"sequential"`` runs it as a loop,
+compiled (``seqlvm.kalman.native``, in stretches up to the steady state) where no gradient is
+taken through it on the CPU. Otherwise the steady state comes by doubling
+(``_covariances_steady``), and other models take a loop (``"sequential"``) or Särkkä &
 García-Fernández's associative scan (``"parallel"``).
 Given the gains, the filtered means obey an affine recurrence
 ``m_t = (I - K_t C_t) A_t m_{t-1} + (I - K_t C_t) B_t u_t + K_t x_t``: the *mean pass* solves it
@@ -83,8 +84,8 @@ def kalman_filter(
         covariances by the associative scan of Särkkä & García-Fernández 2021, O(log T) depth,
         the means by a blocked scan). Both agree to rounding error. On the CPU, where no gradient
         is taken, ``"sequential"`` runs compiled loops (``seqlvm.kalman.native``), the fastest
-        there. Otherwise, for a time-invariant, fully observed model both compute the
-        covariances only until they reach their steady state to machine precision, and solve
+        there. For a time-invariant, fully observed model both compute the covariances only
+        until they reach their steady state to machine precision; the PyTorch code then solves
         the means of the steady stretch in exact blocks.
     Differentiable with respect to every parameter and to x.
     """

@@ -14,7 +14,7 @@ package is installed) runs the same loops with no dispatch:
 - :func:`adjoints`: the disturbance smoother's backward pass, for the gradient of
   :func:`seqlvm.kalman.log_likelihood` with ``method="sequential"``.
 
-Both only compute values, so they stand in where no gradient is taken through them (inference,
+These loops only compute values, so they stand in where no gradient is taken through them (inference,
 and the forward pass of :func:`seqlvm.kalman.log_likelihood`, whose gradient comes from Fisher's
 identity); everywhere else the PyTorch code runs, and it is also the fallback when the module
 was not built (no C compiler at install time) or is switched off with ``SEQLVM_NATIVE=0``.
