@@ -292,6 +292,15 @@ static int take_longs(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, 
 
 #define PTR(v) ((void *)(intptr_t)(v))
 
+/* Call NAME_d (float64 buffers) or NAME_f (float32) with the same arguments. */
+#define BY_DTYPE(is_double, NAME, ...)      \
+    do {                                    \
+        if (is_double)                      \
+            NAME##_d(__VA_ARGS__);          \
+        else                                \
+            NAME##_f(__VA_ARGS__);          \
+    } while (0)
+
 /* linear_recurrence(double, F, sF, g, sg, h0, sh, out, B, N, n, k, reverse, congruence) */
 static PyObject *py_linear_recurrence(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long a[14];
@@ -300,12 +309,9 @@ static PyObject *py_linear_recurrence(PyObject *self, PyObject *const *args, Py_
     void *scratch = malloc((size_t)(n * n) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
     if (!scratch) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    if (a[0])
-        linrec_d(PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6], PTR(a[7]),
-                 (long)a[8], (long)a[9], n, (long)a[11], (int)a[12], (int)a[13], scratch);
-    else
-        linrec_f(PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6], PTR(a[7]),
-                 (long)a[8], (long)a[9], n, (long)a[11], (int)a[12], (int)a[13], scratch);
+    BY_DTYPE(a[0], linrec, PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6],
+             PTR(a[7]), (long)a[8], (long)a[9], n, (long)a[11], (int)a[12], (int)a[13],
+             scratch);
     Py_END_ALLOW_THREADS
     free(scratch);
     Py_RETURN_NONE;
@@ -320,16 +326,10 @@ static PyObject *py_filter_means(PyObject *self, PyObject *const *args, Py_ssize
     void *v = malloc((size_t)(m * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
     if (!v) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    if (a[0])
-        filter_means_d(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6],
-                       PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
-                       PTR(a[13]), (long)a[14], PTR(a[15]), (long)a[16], PTR(a[17]), PTR(a[18]),
-                       PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], m, k, v);
-    else
-        filter_means_f(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6],
-                       PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
-                       PTR(a[13]), (long)a[14], PTR(a[15]), (long)a[16], PTR(a[17]), PTR(a[18]),
-                       PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], m, k, v);
+    BY_DTYPE(a[0], filter_means, PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5],
+             (long)a[6], PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
+             PTR(a[13]), (long)a[14], PTR(a[15]), (long)a[16], PTR(a[17]), PTR(a[18]),
+             PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], m, k, v);
     Py_END_ALLOW_THREADS
     free(v);
     Py_RETURN_NONE;
@@ -343,14 +343,9 @@ static PyObject *py_adjoints(PyObject *self, PyObject *const *args, Py_ssize_t n
     void *scratch = malloc((size_t)(n * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
     if (!scratch) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    if (a[0])
-        adjoints_d(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6], PTR(a[7]),
-                   (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12], PTR(a[13]),
-                   PTR(a[14]), (long)a[15], (long)a[16], n, (long)a[18], k, scratch);
-    else
-        adjoints_f(PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5], (long)a[6], PTR(a[7]),
-                   (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12], PTR(a[13]),
-                   PTR(a[14]), (long)a[15], (long)a[16], n, (long)a[18], k, scratch);
+    BY_DTYPE(a[0], adjoints, PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5],
+             (long)a[6], PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
+             PTR(a[13]), PTR(a[14]), (long)a[15], (long)a[16], n, (long)a[18], k, scratch);
     Py_END_ALLOW_THREADS
     free(scratch);
     Py_RETURN_NONE;
