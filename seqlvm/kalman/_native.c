@@ -36,13 +36,28 @@
 DEFINE_MATMUL(float, matmul_f)
 DEFINE_MATMUL(double, matmul_d)
 
+/* out (r x c) = a (r x s) b^T + add, with b (c x s) and add (r x c), all row-major; add may be
+ * out itself (each entry is read before it is written). */
+#define DEFINE_MATMUL_NT(T, NAME)                                                            \
+    static void NAME(const T *a, const T *b, const T *add, T *out, long r, long s, long c) { \
+        for (long i = 0; i < r; i++)                                                         \
+            for (long j = 0; j < c; j++) {                                                   \
+                T acc = 0;                                                                   \
+                for (long l = 0; l < s; l++) acc += a[i * s + l] * b[j * s + l];             \
+                out[i * c + j] = acc + add[i * c + j];                                       \
+            }                                                                                \
+    }
+
+DEFINE_MATMUL_NT(float, matmul_nt_f)
+DEFINE_MATMUL_NT(double, matmul_nt_d)
+
 /*
  * h_t = F_t h_{t-1} + g_t for the N steps of each of B sequences; congruence: F_t h_{t-1} F_t^T + g_t.
  * F (bF, N, n, n), g (bg, N, n, k), h0 (bh, n, k), out (B, N, n, k); each operand's batch
  * stride is 0 when it is shared by the B sequences. reverse: t runs N-1 .. 0 and h_{t+1} takes
  * the place of h_{t-1}. scratch: n * n elements (congruence only).
  */
-#define DEFINE_LINREC(T, NAME, MATMUL)                                                       \
+#define DEFINE_LINREC(T, NAME, MATMUL, MATMUL_NT)                                            \
     static void NAME(const T *F, long sF, const T *g, long sg, const T *h0, long sh, T *out, \
                      long B, long N, long n, long k, int reverse, int congruence, T *scratch) { \
         const long nn = n * n, nk = n * k;                                                   \
@@ -52,14 +67,9 @@ DEFINE_MATMUL(double, matmul_d)
                 const long t = reverse ? N - 1 - i : i;                                      \
                 const T *Ft = F + b * sF + t * nn, *gt = g + b * sg + t * nk;                \
                 T *ht = out + (b * N + t) * nk;                                              \
-                if (congruence) { /* (F h) F^T */                                         \
+                if (congruence) { /* (F h) F^T + g */                                        \
                     MATMUL(Ft, prev, scratch, n, n, n);                                      \
-                    for (long r = 0; r < n; r++)                                             \
-                        for (long c = 0; c < n; c++) {                                       \
-                            T acc = 0;                                                       \
-                            for (long l = 0; l < n; l++) acc += scratch[r * n + l] * Ft[c * n + l]; \
-                            ht[r * n + c] = acc + gt[r * n + c];                             \
-                        }                                                                    \
+                    MATMUL_NT(scratch, Ft, gt, ht, n, n, n);                                 \
                 } else {                                                                     \
                     MATMUL(Ft, prev, ht, n, n, k);                                           \
                     for (long j = 0; j < nk; j++) ht[j] += gt[j];                            \
@@ -69,8 +79,8 @@ DEFINE_MATMUL(double, matmul_d)
         }                                                                                    \
     }
 
-DEFINE_LINREC(float, linrec_f, matmul_f)
-DEFINE_LINREC(double, linrec_d, matmul_d)
+DEFINE_LINREC(float, linrec_f, matmul_f, matmul_nt_f)
+DEFINE_LINREC(double, linrec_d, matmul_d, matmul_nt_d)
 
 /*
  * The filter's mean pass for B sequences of T steps, given its covariance pass (gains K_t and
@@ -222,21 +232,11 @@ static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, 
             } else { /* A P A^T + Q */
                 const double *Pprev = t == 0 ? P0 + b * bP : Pf - nn;
                 matmul_d(At, Pprev, AP, n, n, n);
-                for (long i = 0; i < n; i++)
-                    for (long j = 0; j < n; j++) {
-                        double acc = 0;
-                        for (long l = 0; l < n; l++) acc += AP[i * n + l] * At[j * n + l];
-                        Pp[i * n + j] = acc + Qt[i * n + j];
-                    }
+                matmul_nt_d(AP, At, Qt, Pp, n, n, n);
                 symmetrise(Pp, n);
             }
-            matmul_d(Ct, Pp, CP, m, n, n); /* C P (m x n) */
-            for (long i = 0; i < m; i++)   /* S = C P C^T + R */
-                for (long j = 0; j < m; j++) {
-                    double acc = 0;
-                    for (long l = 0; l < n; l++) acc += CP[i * n + l] * Ct[j * n + l];
-                    Lt[i * m + j] = acc + Rt[i * m + j];
-                }
+            matmul_d(Ct, Pp, CP, m, n, n);          /* C P (m x n) */
+            matmul_nt_d(CP, Ct, Rt, Lt, m, n, m);  /* S = C P C^T + R */
             if (!cholesky(Lt, m)) return 0;
             /* K^T = S^-1 C P: forward solve L Y = C P, then back solve L^T K^T = Y. */
             memcpy(Kt, CP, nm * sizeof(double));
@@ -254,21 +254,15 @@ static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, 
                 }
             for (long i = 0; i < n; i++) /* K = (K^T)^T */
                 for (long j = 0; j < m; j++) Kb[i * m + j] = Kt[j * n + i];
-            for (long i = 0; i < n; i++) /* I - K C */
-                for (long j = 0; j < n; j++) {
-                    double acc = 0;
-                    for (long l = 0; l < m; l++) acc += Kb[i * m + l] * Ct[l * n + j];
-                    IKC[i * n + j] = (i == j) - acc;
-                }
+            matmul_d(Kb, Ct, IKC, n, m, n); /* I - K C */
+            for (long i = 0; i < n; i++)
+                for (long j = 0; j < n; j++) IKC[i * n + j] = (i == j) - IKC[i * n + j];
+            /* (I-KC) P (I-KC)^T + K R K^T: the second term first, then the first added to it */
             matmul_d(IKC, Pp, M, n, n, n);
             matmul_d(Kb, Rt, KR, n, m, m);
-            for (long i = 0; i < n; i++) /* (I-KC) P (I-KC)^T + K R K^T */
-                for (long j = 0; j < n; j++) {
-                    double acc = 0;
-                    for (long l = 0; l < n; l++) acc += M[i * n + l] * IKC[j * n + l];
-                    for (long l = 0; l < m; l++) acc += KR[i * m + l] * Kb[j * m + l];
-                    Pf[i * n + j] = acc;
-                }
+            memset(Pf, 0, nn * sizeof(double));
+            matmul_nt_d(KR, Kb, Pf, Pf, n, m, n);
+            matmul_nt_d(M, IKC, Pf, Pf, n, n, n);
             symmetrise(Pf, n);
         }
     }
