@@ -41,16 +41,18 @@ def check_symmetric(fn: str, **covariances: Tensor) -> None:
     """Refuse a covariance that is not symmetric beyond rounding (64 eps of its matrix's largest
     entry), naming it; one host sync for all of them. NaN entries pass: unused entries may hold
     any value."""
-    with torch.no_grad():
-        gaps = {name: (S - S.transpose(-1, -2)).detach().abs().nan_to_num(0.0) for name, S in covariances.items()}
+    def gap(S: Tensor) -> Tensor:
+        return (S - S.mT).abs()
+
+    with torch.no_grad():  # (comparisons with NaN are false: a NaN entry passes)
         over = torch.stack([
-            (gaps[name] > 64 * torch.finfo(S.dtype).eps * S.detach().abs().amax((-2, -1), keepdim=True)).any()
-            for name, S in covariances.items()
+            (gap(S) > 64 * torch.finfo(S.dtype).eps * S.abs().amax((-2, -1), keepdim=True)).any()
+            for S in covariances.values()
         ])
         if bool(over.any()):
             name = list(covariances)[int(over.int().argmax())]
             raise ValueError(f"{fn}: {name} must be symmetric (a covariance); got one with |{name} - {name}^T| up to "
-                             f"{float(gaps[name].amax()):.3g}")
+                             f"{float(gap(covariances[name]).nan_to_num(0.0).amax()):.3g}")
 
 
 class LGSSMParams(NamedTuple):
