@@ -11,9 +11,12 @@
  *   riccati            the filter's covariance recursion (Joseph form), float64
  *   filter_means       the filter's mean pass given its gains, float32 or float64
  *   adjoints           the disturbance smoother's backward pass, float32 or float64
+ *   rts_covariances    the RTS smoother's gains and covariances, float64
+ *   smoothed_means     the RTS smoother's mean pass given its gains, float32 or float64
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -176,6 +179,32 @@ DEFINE_FILTER_MEANS(double, filter_means_d, matmul_d)
 DEFINE_ADJOINTS(float, adjoints_f)
 DEFINE_ADJOINTS(double, adjoints_d)
 
+/*
+ * The RTS smoother's means for B sequences of T steps, k columns at once, given the smoother
+ * gains E_t (rts_covariances): backwards from m_{T-1|T} = m_{T-1|T-1},
+ *   m_{t|T} = m_{t|t} + E_t (m_{t+1|T} - m_{t+1|t}).
+ * E (., T-1, n, n), filtered means Mf and predicted means Mp (., T, n, k), each with a batch
+ * stride. Output out (B, T, n, k). scratch: n * k elements.
+ */
+#define DEFINE_SMOOTHED_MEANS(T_, NAME, MATMUL)                                                    \
+    static void NAME(const T_ *E, long bE, const T_ *Mf, long bF, const T_ *Mp, long bP, T_ *out,  \
+                     long B, long T, long n, long k, T_ *d) {                                      \
+        const long nk = n * k;                                                                     \
+        for (long b = 0; b < B; b++) {                                                             \
+            const T_ *f = Mf + b * bF, *p = Mp + b * bP;                                           \
+            T_ *o = out + b * T * nk;                                                              \
+            memcpy(o + (T - 1) * nk, f + (T - 1) * nk, nk * sizeof(T_));                           \
+            for (long t = T - 2; t >= 0; t--) {                                                    \
+                for (long j = 0; j < nk; j++) d[j] = o[(t + 1) * nk + j] - p[(t + 1) * nk + j];    \
+                MATMUL(E + b * bE + t * n * n, d, o + t * nk, n, n, k);                            \
+                for (long j = 0; j < nk; j++) o[t * nk + j] += f[t * nk + j];                      \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+DEFINE_SMOOTHED_MEANS(float, smoothed_means_f, matmul_f)
+DEFINE_SMOOTHED_MEANS(double, smoothed_means_d, matmul_d)
+
 /* In-place lower Cholesky factor of the m x m matrix S (upper triangle zeroed); 0 if not
  * positive definite. */
 static int cholesky(double *S, long m) {
@@ -193,6 +222,23 @@ static int cholesky(double *S, long m) {
         for (long i = 0; i < j; i++) S[i * m + j] = 0;
     }
     return 1;
+}
+
+/* Y <- S^-1 Y for the m x c matrix Y, given the lower Cholesky factor L of S: forward solve
+ * L Z = Y, then back solve L^T Y = Z. */
+static void cholesky_solve(const double *L, double *Y, long m, long c) {
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < c; j++) {
+            double v = Y[i * c + j];
+            for (long l = 0; l < i; l++) v -= L[i * m + l] * Y[l * c + j];
+            Y[i * c + j] = v / L[i * m + i];
+        }
+    for (long i = m - 1; i >= 0; i--)
+        for (long j = 0; j < c; j++) {
+            double v = Y[i * c + j];
+            for (long l = i + 1; l < m; l++) v -= L[l * m + i] * Y[l * c + j];
+            Y[i * c + j] = v / L[i * m + i];
+        }
 }
 
 static void symmetrise(double *P, long n) {
@@ -238,20 +284,8 @@ static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, 
             matmul_d(Ct, Pp, CP, m, n, n);          /* C P (m x n) */
             matmul_nt_d(CP, Ct, Rt, Lt, m, n, m);  /* S = C P C^T + R */
             if (!cholesky(Lt, m)) return 0;
-            /* K^T = S^-1 C P: forward solve L Y = C P, then back solve L^T K^T = Y. */
-            memcpy(Kt, CP, nm * sizeof(double));
-            for (long i = 0; i < m; i++)
-                for (long c = 0; c < n; c++) {
-                    double v = Kt[i * n + c];
-                    for (long l = 0; l < i; l++) v -= Lt[i * m + l] * Kt[l * n + c];
-                    Kt[i * n + c] = v / Lt[i * m + i];
-                }
-            for (long i = m - 1; i >= 0; i--)
-                for (long c = 0; c < n; c++) {
-                    double v = Kt[i * n + c];
-                    for (long l = i + 1; l < m; l++) v -= Lt[l * m + i] * Kt[l * n + c];
-                    Kt[i * n + c] = v / Lt[i * m + i];
-                }
+            memcpy(Kt, CP, nm * sizeof(double)); /* K^T = S^-1 C P */
+            cholesky_solve(Lt, Kt, m, n);
             for (long i = 0; i < n; i++) /* K = (K^T)^T */
                 for (long j = 0; j < m; j++) Kb[i * m + j] = Kt[j * n + i];
             matmul_d(Kb, Ct, IKC, n, m, n); /* I - K C */
@@ -264,6 +298,88 @@ static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, 
             matmul_nt_d(KR, Kb, Pf, Pf, n, m, n);
             matmul_nt_d(M, IKC, Pf, Pf, n, n, n);
             symmetrise(Pf, n);
+        }
+    }
+    return 1;
+}
+
+/* Whether every entry of the n x n covariances P and P' differs by at most 8 units of rounding
+ * on its own scale, max(sqrt(P_ii P_jj), sqrt(P'_ii P'_jj)): scan.steady_start's test. */
+static int calm(const double *P, const double *Pn, long n) {
+    for (long i = 0; i < n; i++)
+        for (long j = 0; j < n; j++) {
+            const double scale = fmax(sqrt(fabs(P[i * n + i] * P[j * n + j])),
+                                      sqrt(fabs(Pn[i * n + i] * Pn[j * n + j])));
+            if (!(fabs(P[i * n + j] - Pn[i * n + j]) <= 8 * DBL_EPSILON * scale)) return 0;
+        }
+    return 1;
+}
+
+static int same(const double *a, const double *b, long count) {
+    return a == b || memcmp(a, b, (size_t)count * sizeof(double)) == 0;
+}
+
+/*
+ * The RTS smoother's covariances for B sequences of T steps, in float64 (seqlvm.kalman.smoother),
+ * backwards from P_{T-1|T} = P_{T-1|T-1}:
+ *   E_t = P_{t|t} A_{t+1}^T P_{t+1|t}^-1 (Cholesky solve),   L_t = sym(P_{t|t} - E_t A_{t+1} P_{t|t}),
+ *   P_{t|T} = sym(E_t P_{t+1|T} E_t^T + L_t),                 X_t = P_{t+1|T} E_t^T = Cov(z_{t+1}, z_t | x).
+ * A (., ., n, n) with batch and time strides; filtered Pf and predicted Pp covariances
+ * (., T, n, n) with batch strides. Outputs E, X (B, T-1, n, n), Ps (B, T, n, n).
+ * A filter held at its steady state repeats its inputs exactly from some step on: there E_t and
+ * L_t are those of step t+1, copied, and once the smoothed covariances have changed calmly
+ * (calm()) for `margin` steps in a row they are held too, as the PyTorch smoother's doubling
+ * holds them, so a long steady stretch costs no O(n^3) work per step. Returns 1, or 0 where a
+ * P_{t+1|t} is not positive definite (rounded to float32, a covariance can fall off the cone:
+ * the PyTorch smoother's jittered factorisation then serves).
+ */
+static int rts_covariances(const double *A, long bA, long tA, const double *Pf, long bF,
+                           const double *Pp, long bP, double *E, double *Ps, double *X, long B,
+                           long T, long n, long margin, double *work) {
+    const long nn = n * n;
+    double *AP = work, *Y = AP + nn, *Lt = Y + nn, *M = Lt + nn;
+    for (long b = 0; b < B; b++) {
+        const double *F = Pf + b * bF, *P = Pp + b * bP;
+        double *Eb = E + b * (T - 1) * nn, *S = Ps + b * T * nn, *Xb = X + b * (T - 1) * nn;
+        memcpy(S + (T - 1) * nn, F + (T - 1) * nn, nn * sizeof(double));
+        long calm_steps = 0;
+        int held = 0;
+        for (long t = T - 2; t >= 0; t--) {
+            const double *At = A + b * bA + (t + 1) * tA, *Ft = F + t * nn, *Sn = S + (t + 1) * nn;
+            double *Et = Eb + t * nn, *St = S + t * nn, *Xt = Xb + t * nn;
+            const int repeated = t < T - 2 && same(Ft, Ft + nn, nn) && same(P + (t + 1) * nn, P + (t + 2) * nn, nn) &&
+                                 same(At, At + tA, nn);
+            if (repeated) {
+                memcpy(Et, Et + nn, nn * sizeof(double)); /* and L_t is still in Lt */
+            } else {
+                matmul_d(At, Ft, AP, n, n, n); /* A P_{t|t} */
+                memcpy(M, P + (t + 1) * nn, nn * sizeof(double));
+                if (!cholesky(M, n)) return 0;
+                memcpy(Y, AP, nn * sizeof(double)); /* E_t^T = P_{t+1|t}^-1 A P_{t|t} */
+                cholesky_solve(M, Y, n, n);
+                for (long i = 0; i < n; i++)
+                    for (long j = 0; j < n; j++) Et[i * n + j] = Y[j * n + i];
+                matmul_d(Et, AP, Lt, n, n, n);
+                for (long j = 0; j < nn; j++) Lt[j] = Ft[j] - Lt[j];
+                symmetrise(Lt, n);
+                calm_steps = 0;
+            }
+            if (repeated && calm_steps >= margin) { /* steady: P_{t|T} = P_{t+1|T} */
+                memcpy(St, Sn, nn * sizeof(double));
+                if (held) {
+                    memcpy(Xt, Xt + nn, nn * sizeof(double));
+                    continue;
+                }
+                held = 1;
+            } else {
+                held = 0;
+                matmul_d(Et, Sn, M, n, n, n);
+                matmul_nt_d(M, Et, Lt, St, n, n, n);
+                symmetrise(St, n);
+                calm_steps = repeated && calm(St, Sn, n) ? calm_steps + 1 : 0;
+            }
+            memset(Xt, 0, nn * sizeof(double));
+            matmul_nt_d(Sn, Et, Xt, Xt, n, n, n);
         }
     }
     return 1;
@@ -364,6 +480,38 @@ static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyBool_FromLong(ok);
 }
 
+/* smoothed_means(double, E, bE, Mf, bF, Mp, bP, out, B, T, n, k) */
+static PyObject *py_smoothed_means(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[12];
+    if (!take_longs(args, nargs, 12, a, "smoothed_means")) return NULL;
+    const long n = (long)a[10], k = (long)a[11];
+    void *scratch = malloc((size_t)(n * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
+    if (!scratch) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    BY_DTYPE(a[0], smoothed_means, PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]),
+             (long)a[6], PTR(a[7]), (long)a[8], (long)a[9], n, k, scratch);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    Py_RETURN_NONE;
+}
+
+/* rts_covariances(A, bA, tA, Pf, bF, Pp, bP, E, Ps, X, B, T, n, margin) -> bool */
+static PyObject *py_rts_covariances(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[14];
+    if (!take_longs(args, nargs, 14, a, "rts_covariances")) return NULL;
+    const long n = (long)a[12];
+    double *work = malloc((size_t)(4 * n * n + 1) * sizeof(double));
+    if (!work) return PyErr_NoMemory();
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = rts_covariances(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]),
+                         (long)a[6], PTR(a[7]), PTR(a[8]), PTR(a[9]), (long)a[10], (long)a[11], n,
+                         (long)a[13], work);
+    Py_END_ALLOW_THREADS
+    free(work);
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef methods[] = {
     {"linear_recurrence", (PyCFunction)(void (*)(void))py_linear_recurrence, METH_FASTCALL,
      "h_t = F_t h_{t-1} + g_t over raw buffers (see seqlvm.kalman.native)."},
@@ -373,6 +521,10 @@ static PyMethodDef methods[] = {
      "The disturbance smoother's adjoints over raw buffers (see seqlvm.kalman.native)."},
     {"riccati", (PyCFunction)(void (*)(void))py_riccati, METH_FASTCALL,
      "The Kalman filter's covariance recursion over raw float64 buffers (see seqlvm.kalman.native)."},
+    {"rts_covariances", (PyCFunction)(void (*)(void))py_rts_covariances, METH_FASTCALL,
+     "The RTS smoother's covariance pass over raw float64 buffers (see seqlvm.kalman.native)."},
+    {"smoothed_means", (PyCFunction)(void (*)(void))py_smoothed_means, METH_FASTCALL,
+     "The RTS smoother's mean pass over raw buffers (see seqlvm.kalman.native)."},
     {NULL, NULL, 0, NULL},
 };
 

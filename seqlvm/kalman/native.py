@@ -11,6 +11,9 @@ package is installed) runs the same loops with no dispatch:
 - :func:`riccati`: the filter's covariance pass, in float64 and rounded once to the model's
   dtype (as the steady-state doubling does), and :func:`filter_means`, its mean pass given the
   gains; they serve ``method="sequential"`` in :func:`seqlvm.kalman.filter.run_filter`.
+- :func:`rts_covariances`, in float64 like :func:`riccati`, and :func:`smoothed_means`: the
+  Rauch-Tung-Striebel smoother's backward pass over the filter's output, for
+  ``method="sequential"`` in :func:`seqlvm.kalman.smoother.smooth_filtered`.
 - :func:`adjoints`: the disturbance smoother's backward pass, for the gradient of
   :func:`seqlvm.kalman.log_likelihood` with ``method="sequential"``.
 
@@ -174,3 +177,35 @@ def adjoints(A: Tensor, C: Tensor, K: Tensor, L: Tensor, W: Tensor) -> tuple[Ten
     _native.adjoints(int(W.dtype == torch.float64), *_with_time(*timed), *_batched(*ops), rho.data_ptr(), u.data_ptr(),
                      B, T, n, m, k)
     return rho, u
+
+
+def rts_covariances(A: Tensor, covs: Tensor, pred_covs: Tensor, margin: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The smoother's covariance pass of :func:`seqlvm.kalman.smoother.smooth_filtered`, compiled,
+    in float64: A (b, T', n, n) in the internal layout (T' in {1, T}), the filter's covariances
+    and predicted covariances (b, T, n, n) -> the smoother gains E_t = P_{t|t} A_{t+1}^T
+    P_{t+1|t}^-1 (B, T-1, n, n), the smoothed covariances (B, T, n, n) and the cross covariances
+    Cov(z_{t+1}, z_t | x) (B, T-1, n, n), all float64; None when a predicted covariance is not
+    positive definite. Where the filter holds its steady state, so does the smoother: once its
+    covariances have changed by a few units of rounding for ``margin`` steps in a row, as
+    :func:`seqlvm.kalman.scan.steady_start` tests.
+    """
+    B, T, n = max(p.shape[0] for p in (A, covs, pred_covs)), covs.shape[1], covs.shape[-1]
+    f64 = torch.float64
+    ops = [_operand(A, B, "A", f64), _operand(covs, B, "covs", f64), _operand(pred_covs, B, "pred_covs", f64)]
+    E, X = torch.empty(B, T - 1, n, n, dtype=f64), torch.empty(B, T - 1, n, n, dtype=f64)
+    P = torch.empty(B, T, n, n, dtype=f64)
+    ok = _native.rts_covariances(*_with_time(ops[0]), *_batched(*ops[1:]), E.data_ptr(), P.data_ptr(), X.data_ptr(),
+                                 B, T, n, margin)
+    return (E, P, X) if ok else None
+
+
+def smoothed_means(E: Tensor, means: Tensor, pred_means: Tensor) -> Tensor:
+    """The smoother's mean pass, compiled: ``m_{t|T} = m_{t|t} + E_t (m_{t+1|T} - m_{t+1|t})``
+    backwards from ``m_{T-1|T} = m_{T-1|T-1}``, with the smoother gains E (b, T-1, n, n) and the
+    filter's means and predicted means (c, T, n, k) in the product layout of
+    :func:`seqlvm.kalman.linalg.columns` -> (B, T, n, k)."""
+    B, T, n, k = max(E.shape[0], means.shape[0], pred_means.shape[0]), *means.shape[1:]
+    ops = [_operand(E, B, "E"), _operand(means, B, "means"), _operand(pred_means, B, "pred_means")]
+    out = torch.empty(B, T, n, k, dtype=means.dtype)
+    _native.smoothed_means(int(means.dtype == torch.float64), *_batched(*ops), out.data_ptr(), B, T, n, k)
+    return out

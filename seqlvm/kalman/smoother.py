@@ -29,7 +29,8 @@ from seqlvm.kalman.linalg import (
     uncolumns,
 )
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman.scan import linear_recurrence, steady_linear_recurrence, steady_powers
+from seqlvm.kalman import native
+from seqlvm.kalman.scan import STEADY_MARGIN, linear_recurrence, steady_linear_recurrence, steady_powers
 
 
 class SmootherResult(NamedTuple):
@@ -136,7 +137,16 @@ def smooth_filtered(
     """The RTS pass over a filter's output: smoothed means (in the product layout of the mean
     pass ``mp``; None without it), covariances (b, T, n, n) and cross covariances
     Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with b = 1 when the batch shares them. The covariances
-    never depend on the data."""
+    never depend on the data.
+
+    ``method="sequential"`` runs the compiled pass (:func:`seqlvm.kalman.native.rts_covariances`
+    and :func:`~seqlvm.kalman.native.smoothed_means`) where it can stand in, this module's
+    recursion in the textbook form ``m_{t|T} = m_{t|t} + E_t (m_{t+1|T} - m_{t+1|t})``.
+    """
+    if method == "sequential":
+        compiled = _smooth_compiled(prep, filt, mp)
+        if compiled is not None:
+            return compiled
     kernel = backward_kernel(prep, filt, mp, steady_from)
     P_last = _cov_batch(filt.covs)[:, -1]
     m = None if mp is None else mp.means
@@ -149,6 +159,25 @@ def smooth_filtered(
             m = torch.cat([m, m_last.unsqueeze(1)], dim=1)
         covs = _smooth_covariances(kernel, P_last, method)
     return m, covs, covs[:, 1:] @ kernel.E.transpose(-1, -2)
+
+
+def _smooth_compiled(
+    prep: Prepared, filt: FilterResult, mp: MeanPass | None
+) -> tuple[Tensor | None, Tensor, Tensor] | None:
+    """:func:`smooth_filtered`'s result from the compiled loops, or None where they cannot
+    stand in: a gradient wanted, not on the CPU, not built, or a predicted covariance that
+    rounding to float32 took off the positive-definite cone (the jittered factorisation of
+    :func:`backward_kernel` then serves)."""
+    P_f, P_p = _cov_batch(filt.covs), _cov_batch(filt.pred_covs)
+    data = [] if mp is None else [mp.means, mp.pred_means]
+    if not native.usable(prep.A, P_f, P_p, *data):
+        return None
+    out = native.rts_covariances(prep.A, P_f, P_p, STEADY_MARGIN)
+    if out is None:
+        return None
+    E, covs, cross = (v.to(P_f.dtype) for v in out)
+    means = None if mp is None else native.smoothed_means(E, mp.means, mp.pred_means)
+    return means, covs, cross
 
 
 def _smoother_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

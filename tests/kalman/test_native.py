@@ -112,3 +112,94 @@ def test_a_gradient_takes_the_pytorch_loops_and_matches_them() -> None:
         compiled = kalman_smoother(params, x)
     for a, b in [(s.means, compiled.means), (s.covs, compiled.covs), (s.cross_covs, compiled.cross_covs)]:
         torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-12)
+
+
+def _spd(b: int, T: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    X = torch.randn(b, T, n, n, generator=gen, dtype=torch.float64)
+    return X @ X.mT / n + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+def _rts_definition(A: torch.Tensor, Pf: torch.Tensor, Pp: torch.Tensor, mf: torch.Tensor, mp: torch.Tensor):
+    """The RTS recursion one step at a time, with a general solve: A (a, T', n, n), covariances
+    (b, T, n, n), means (c, T, n, k) -> smoother gains, covariances and cross covariances
+    (max(a, b), ...), means (max(a, b, c), ...)."""
+    T, f64 = Pf.shape[1], torch.float64
+    Bc, Bm = max(A.shape[0], Pf.shape[0]), max(A.shape[0], Pf.shape[0], mf.shape[0])
+    E, X = torch.zeros(Bc, T - 1, *Pf.shape[2:], dtype=f64), torch.zeros(Bc, T - 1, *Pf.shape[2:], dtype=f64)
+    Ps, ms = torch.zeros(Bc, *Pf.shape[1:], dtype=f64), torch.zeros(Bm, *mf.shape[1:], dtype=f64)
+    for b in range(Bc):
+        Ab, F, P = (v[b % v.shape[0]] for v in (A, Pf, Pp))
+        Ps[b, -1] = F[-1]
+        for t in reversed(range(T - 1)):
+            AF = Ab[(t + 1) % Ab.shape[0]] @ F[t]
+            E[b, t] = torch.linalg.solve(P[t + 1], AF).T
+            Ps[b, t] = E[b, t] @ Ps[b, t + 1] @ E[b, t].T + F[t] - E[b, t] @ AF
+            X[b, t] = Ps[b, t + 1] @ E[b, t].T
+    for b in range(Bm):
+        Eb, f, p = E[b % Bc], mf[b % mf.shape[0]], mp[b % mp.shape[0]]
+        ms[b, -1] = f[-1]
+        for t in reversed(range(T - 1)):
+            ms[b, t] = f[t] + Eb[t] @ (ms[b, t + 1] - p[t + 1])
+    return E, Ps, X, ms
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batches", [(1, 1, 1), (1, 1, 3), (3, 3, 1), (1, 3, 3)])
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_rts_pass_follows_its_definition(dtype, batches, time_varying) -> None:
+    """The compiled smoother pass on arbitrary positive definite covariances (it never assumes
+    they came from a filter), batched or shared, with a constant or time-varying A."""
+    gen = torch.Generator().manual_seed(4)
+    n, k, T = 3, 5, 9
+    bA, bP, bm = batches
+    A = 0.5 * torch.randn(bA, T if time_varying else 1, n, n, generator=gen, dtype=torch.float64) / n**0.5
+    Pf, Pp = _spd(bP, T, n, gen), _spd(bP, T, n, gen)
+    mf, mp = (torch.randn(bm, T, n, k, generator=gen, dtype=torch.float64) for _ in range(2))
+    E, Ps, X = native.rts_covariances(A.to(dtype), Pf.to(dtype), Pp.to(dtype), margin=4)
+    means = native.smoothed_means(E.to(dtype), mf.to(dtype), mp.to(dtype))
+    assert E.dtype == Ps.dtype == X.dtype == torch.float64 and means.dtype == dtype  # covariances: float64 work
+    want = _rts_definition(*(v.to(dtype).double() for v in (A, Pf, Pp, mf, mp)))
+    tol = 1e-4 if dtype == torch.float32 else 1e-11  # float32: the means' terms cancel to a few digits
+    for got, ref in zip((E, Ps, X, means), want):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+    Pp[0, 3] = -Pp[0, 3]
+    assert native.rts_covariances(A, Pf, Pp, margin=4) is None  # a P_{t+1|t} that is not positive definite
+
+
+def test_rts_pass_holds_a_steady_state_within_rounding() -> None:
+    """Where the filter holds its steady state the smoother holds its own once its covariances
+    are calm (no O(n^3) work per step there), and the held values are the stepwise recursion's
+    to rounding."""
+    p = _model(torch.float64)
+    x = torch.randn(2, 3000, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    f = kalman_filter(p, x)
+    Pf, Pp = f.covs[:1], f.pred_covs[:1]
+    assert torch.equal(Pf[:, 1000], Pf[:, 2000])  # the filter is held there
+    _, Ps, X = native.rts_covariances(p.A[None, None], Pf, Pp, margin=4)
+    assert torch.equal(Ps[:, 100], Ps[:, 2000]) and torch.equal(X[:, 100], X[:, 2000])
+
+    def changes(P: torch.Tensor) -> int:  # steps whose value differs from the next one's
+        return int((P[0, 1:] != P[0, :-1]).flatten(1).any(1).sum())
+
+    # the stepwise recursion, from a copy that defeats the hold: a random half of its filtered
+    # covariances are a unit of rounding off, so the steps no longer repeat exactly
+    Pf_ = Pf.clone()
+    off = torch.randint(2, (3000,), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    Pf_[..., 0, 0] *= 1 + torch.finfo(torch.float64).eps * off
+    _, stepwise, cross = native.rts_covariances(p.A[None, None], Pf_, Pp, margin=4)
+    assert changes(Ps) < 100 < 1000 < changes(stepwise)
+    torch.testing.assert_close(Ps, stepwise, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(X, cross, rtol=1e-13, atol=1e-13)
+
+
+def test_a_declined_rts_pass_falls_back_to_the_pytorch_smoother(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the compiled smoother pass declines (a predicted covariance off the cone after
+    rounding to float32), the PyTorch smoother, with its jittered factorisation, serves."""
+    params = _model(torch.float64)
+    x = torch.randn(2, 20, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    compiled = kalman_smoother(params, x)
+    monkeypatch.setattr(native, "rts_covariances", lambda *args: None)
+    fallback = kalman_smoother(params, x)
+    for a, b in [(fallback.means, compiled.means), (fallback.covs, compiled.covs), (fallback.cross_covs, compiled.cross_covs)]:
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
