@@ -13,6 +13,7 @@
  *   adjoints           the disturbance smoother's backward pass, float32 or float64
  *   rts_covariances    the RTS smoother's gains and covariances, float64
  *   smoothed_means     the RTS smoother's mean pass given its gains, float32 or float64
+ *   fisher_terms       the data-independent terms of log_likelihood's gradient, float64
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -385,6 +386,83 @@ static int rts_covariances(const double *A, long bA, long tA, const double *Pf, 
     return 1;
 }
 
+/* out (c x r) = a^T for the r x c matrix a. */
+static void transpose(const double *a, double *out, long r, long c) {
+    for (long i = 0; i < r; i++)
+        for (long j = 0; j < c; j++) out[j * r + i] = a[i * c + j];
+}
+
+/*
+ * The data-independent terms of log_likelihood's gradient (seqlvm.kalman.likelihood), in
+ * float64, for B sequences of T steps, with P_t = P_{t|t-1}, V_t = P_{t|T}:
+ *   N_t = sym(P_t^-1 (P_t - V_t) P_t^-1),
+ *   D_t = sym(S_t^-1 + (A_{t+1} K_t)^T N_{t+1} A_{t+1} K_t)     (S_{T-1}^-1 alone at the last step),
+ *   G_t = N_{t+1} A_{t+1} (I - K_t C_t) P_t   (t < T-1),      CV_t = C_t V_t.
+ * A (., ., n, n) and C (., ., m, n) with batch and time strides; K (., T, n, m), the Cholesky
+ * factors L of S_t (., T, m, m), P and V (., T, n, n) with batch strides. Outputs N (B, T, n, n),
+ * D (B, T, m, m), G (B, T-1, n, n), CV (B, T, m, n). Where a filter and smoother held at their
+ * steady states give steps t, t+1 and t+2 the same inputs, step t's terms are step t+1's, copied.
+ * Returns 1, or 0 where a P_t is not positive definite (see rts_covariances).
+ */
+static int fisher_terms(const double *A, long bA, long tA, const double *C, long bC, long tC,
+                        const double *K, long bK, const double *L, long bL, const double *P, long bP,
+                        const double *V, long bV, double *N, double *D, double *G, double *CV,
+                        long B, long T, long n, long m, double *work) {
+    const long nn = n * n, nm = n * m, mm = m * m;
+    double *W = work, *Y = W + nn, *Z = Y + nn, *AK = Z + nn, *NAK = AK + nm, *IKC = NAK + nm;
+    for (long b = 0; b < B; b++) {
+        int repeats_next = 0; /* steps t+1 and t+2 have the same inputs */
+        for (long t = T - 1; t >= 0; t--) {
+            const double *Pt = P + b * bP + t * nn, *Vt = V + b * bV + t * nn;
+            const double *Kt = K + b * bK + t * nm, *Lt = L + b * bL + t * mm;
+            const double *Ct = C + b * bC + t * tC, *An = A + b * bA + (t + 1) * tA;
+            double *Nt = N + (b * T + t) * nn, *Dt = D + (b * T + t) * mm, *CVt = CV + (b * T + t) * nm;
+            double *Gt = G + (b * (T - 1) + t) * nn;
+            const int repeats = t < T - 2 && same(Pt, Pt + nn, nn) && same(Vt, Vt + nn, nn) && same(Kt, Kt + nm, nm) &&
+                                same(Lt, Lt + mm, mm) && same(Ct, Ct + tC, nm) && same(An, An + tA, nn);
+            const int copy = repeats && repeats_next;
+            repeats_next = repeats;
+            if (copy) {
+                memcpy(Nt, Nt + nn, nn * sizeof(double));
+                memcpy(Dt, Dt + mm, mm * sizeof(double));
+                memcpy(CVt, CVt + nm, nm * sizeof(double));
+                memcpy(Gt, Gt + nn, nn * sizeof(double));
+                continue;
+            }
+            memcpy(W, Pt, nn * sizeof(double));
+            if (!cholesky(W, n)) return 0;
+            for (long j = 0; j < nn; j++) Y[j] = Pt[j] - Vt[j];
+            cholesky_solve(W, Y, n, n); /* P^-1 (P - V) */
+            transpose(Y, Z, n, n);
+            cholesky_solve(W, Z, n, n); /* P^-1 (P - V)^T P^-1 = N^T */
+            memcpy(Nt, Z, nn * sizeof(double));
+            symmetrise(Nt, n);
+            for (long i = 0; i < m; i++) /* S^-1 */
+                for (long j = 0; j < m; j++) Dt[i * m + j] = i == j;
+            cholesky_solve(Lt, Dt, m, m);
+            matmul_d(Ct, Vt, CVt, m, n, n);
+            if (t < T - 1) {
+                matmul_d(An, Kt, AK, n, n, m); /* D += (A K)^T N_{t+1} A K */
+                matmul_d(Nt + nn, AK, NAK, n, n, m);
+                for (long i = 0; i < m; i++)
+                    for (long j = 0; j < m; j++) {
+                        double acc = 0;
+                        for (long l = 0; l < n; l++) acc += AK[l * m + i] * NAK[l * m + j];
+                        Dt[i * m + j] += acc;
+                    }
+                matmul_d(Kt, Ct, IKC, n, m, n); /* G = N_{t+1} A (I - K C) P */
+                for (long i = 0; i < n; i++)
+                    for (long j = 0; j < n; j++) IKC[i * n + j] = (i == j) - IKC[i * n + j];
+                matmul_d(An, IKC, Y, n, n, n);
+                matmul_d(Y, Pt, Z, n, n, n);
+                matmul_d(Nt + nn, Z, Gt, n, n, n);
+            }
+            symmetrise(Dt, m);
+        }
+    }
+    return 1;
+}
+
 /* Python wrappers: every argument is an integer (addresses from Tensor.data_ptr()). */
 
 static int take_longs(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long long *out,
@@ -512,6 +590,24 @@ static PyObject *py_rts_covariances(PyObject *self, PyObject *const *args, Py_ss
     return PyBool_FromLong(ok);
 }
 
+/* fisher_terms(A, bA, tA, C, bC, tC, K, bK, L, bL, P, bP, V, bV, N, D, G, CV, B, T, n, m) -> bool */
+static PyObject *py_fisher_terms(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[22];
+    if (!take_longs(args, nargs, 22, a, "fisher_terms")) return NULL;
+    const long n = (long)a[20], m = (long)a[21];
+    double *work = malloc((size_t)(4 * n * n + 2 * n * m + 1) * sizeof(double));
+    if (!work) return PyErr_NoMemory();
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = fisher_terms(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5],
+                      PTR(a[6]), (long)a[7], PTR(a[8]), (long)a[9], PTR(a[10]), (long)a[11],
+                      PTR(a[12]), (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]),
+                      (long)a[18], (long)a[19], n, m, work);
+    Py_END_ALLOW_THREADS
+    free(work);
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef methods[] = {
     {"linear_recurrence", (PyCFunction)(void (*)(void))py_linear_recurrence, METH_FASTCALL,
      "h_t = F_t h_{t-1} + g_t over raw buffers (see seqlvm.kalman.native)."},
@@ -525,6 +621,8 @@ static PyMethodDef methods[] = {
      "The RTS smoother's covariance pass over raw float64 buffers (see seqlvm.kalman.native)."},
     {"smoothed_means", (PyCFunction)(void (*)(void))py_smoothed_means, METH_FASTCALL,
      "The RTS smoother's mean pass over raw buffers (see seqlvm.kalman.native)."},
+    {"fisher_terms", (PyCFunction)(void (*)(void))py_fisher_terms, METH_FASTCALL,
+     "The data-independent terms of log_likelihood's gradient over raw float64 buffers (see seqlvm.kalman.native)."},
     {NULL, NULL, 0, NULL},
 };
 

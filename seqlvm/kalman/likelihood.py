@@ -87,6 +87,49 @@ class _LogLikelihood(torch.autograd.Function):
         return (None, None, *out)
 
 
+class CovarianceTerms(NamedTuple):
+    """The data-independent terms of the gradient (module docstring), batch b (1 when the
+    sequences share their covariances); with P_t = P_{t|t-1} and V_t = Cov[z_t | x]:
+
+    N:  (b, T, n, n)    N_t = P_t^-1 (P_t - V_t) P_t^-1, so that Cov(z_t | x) = P_t - P_t N_t P_t
+    D:  (b, T, m, m)    D_t = S_t^-1 + K_t^T A_{t+1}^T N_{t+1} A_{t+1} K_t (S^-1 alone at the last step)
+    G:  (b, T-1, n, n)  G_t = N_{t+1} L_t P_t, L_t = A_{t+1} (I - K_t C~_t), t = 0..T-2
+    CV: (b, T, m, n)    C~_t V_t
+    D, G and CV are None where the gradients asked for do not use them.
+    """
+
+    N: Tensor
+    D: Tensor | None
+    G: Tensor | None
+    CV: Tensor | None
+
+
+def covariance_terms(prep: Prepared, gains: Gains, V: Tensor, method: str, need: set[str]) -> CovarianceTerms:
+    """The :class:`CovarianceTerms` of the filter's ``gains`` and the smoothed covariances V,
+    by one compiled loop with ``method="sequential"`` where it can stand in
+    (:func:`seqlvm.kalman.native.fisher_terms`), else by batched products over all steps."""
+    C, _ = prep.emission()
+    P = gains.pred_covs
+    if method == "sequential" and native.usable(prep.A, C, gains.K, gains.chols, P, V):
+        out = native.fisher_terms(prep.A, C, gains.K, gains.chols, P, V)
+        if out is not None:
+            return CovarianceTerms(*(v.to(P.dtype) for v in out))
+    T = prep.steps
+    LP = torch.linalg.cholesky(P)
+    N = sym(torch.cholesky_solve(torch.cholesky_solve(P - V, LP).transpose(-1, -2), LP))
+    D = G = CV = None
+    if "R" in need:
+        eye = torch.eye(prep.m, dtype=P.dtype, device=P.device)
+        S_inv = torch.cholesky_solve(eye.expand_as(gains.chols), gains.chols)
+        AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]
+        D = sym(S_inv + torch.cat([AK.transpose(-1, -2) @ N[:, 1:] @ AK, torch.zeros_like(S_inv[:, :1])], dim=1))
+    if "A" in need and T > 1:
+        G = N[:, 1:] @ (_error_transitions(prep, gains) @ P[:, :-1])
+    if "C" in need:
+        CV = C @ V
+    return CovarianceTerms(N, D, G, CV)
+
+
 class _Weights(NamedTuple):
     """The sequences' weights (Bt,), the same in the mean pass's product layout (c, 1, 1, k), and
     their one value when they are a broadcast scalar (what ``.sum()`` passes back), else None:
@@ -104,27 +147,24 @@ def fisher_gradients(
     layout of ``prep`` (module docstring for the formulas)."""
     _, V, _ = smooth_filtered(prep, filt, None, gains.steady_from, method)
     rho, u = adjoints(prep, gains, mp, method)
-    P = gains.pred_covs
-    s = matmul_add(mp.pred_means, P, rho)  # E[z_t | x]
-    # N_t = P_t^-1 (P_t - V_t) P_t^-1, so that Cov(z_t | x) = P_t - P_t N_t P_t
-    LP = torch.linalg.cholesky(P)
-    N = sym(torch.cholesky_solve(torch.cholesky_solve(P - V, LP).transpose(-1, -2), LP))
+    s = matmul_add(mp.pred_means, gains.pred_covs, rho)  # E[z_t | x]
+    terms = covariance_terms(prep, gains, V, method, need)
     w_vec = weights.to(s.dtype)
     common = w_vec[0] if w_vec.numel() == 1 or w_vec.stride(0) == 0 else None
     w = _Weights(w_vec, columns(w_vec[:, None], mp.shared).unsqueeze(1), common)
     grads: dict[str, Tensor] = {}
     if need & {"C", "R", "x"}:
-        grads.update(_emission_gradients(prep, gains, s, V, N, u, w, need))
+        grads.update(_emission_gradients(prep, terms, s, u, w, need))
     if need & {"A", "Q", "B", "u"}:
         if prep.steps > 1:
-            grads.update(_transition_gradients(prep, gains, mp.shared, s, N, rho, w, need))
+            grads.update(_transition_gradients(prep, terms, mp.shared, s, rho, w, need))
         else:  # a single step has no transition to differentiate through
             grads.update({k: torch.zeros_like(prep.u if k == "u" else getattr(prep, k)) for k in need & {"A", "Q", "B", "u"}})
     if "m0" in need:
         grads["m0"] = _sum_batch(uncolumns(w.cols * rho[:, :1])[:, 0], prep.m0.shape[0])
     if "P0" in need:
         target = (prep.P0.shape[0], 1)
-        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w, target) - _reduce(N[:, :1], w.vec, target))
+        gP0 = 0.5 * (_outer(rho[:, :1], rho[:, :1], w, target) - _reduce(terms.N[:, :1], w.vec, target))
         grads["P0"] = gP0[:, 0]
     return grads
 
@@ -169,7 +209,7 @@ def _error_transitions(prep: Prepared, gains: Gains) -> Tensor:
 
 
 def _emission_gradients(
-    prep: Prepared, gains: Gains, s: Tensor, V: Tensor, N: Tensor, u: Tensor, w: _Weights, need: set[str]
+    prep: Prepared, terms: CovarianceTerms, s: Tensor, u: Tensor, w: _Weights, need: set[str]
 ) -> dict[str, Tensor]:
     C, R = prep.emission()  # (bC, TC, m, n), (bR, TR, m, m); both (Bt, T) when entries are missing
     grads = {}
@@ -178,19 +218,14 @@ def _emission_gradients(
         grads["x"] = gx if prep.observed is None else gx * prep.observed
     if "C" in need:
         joint = (max(C.shape[0], R.shape[0]), max(C.shape[1], R.shape[1]))
-        gC = _outer(u, s, w, joint) - torch.cholesky_solve(_reduce(C @ V, w.vec, joint), torch.linalg.cholesky(R))
+        gC = _outer(u, s, w, joint) - torch.cholesky_solve(_reduce(terms.CV, w.vec, joint), torch.linalg.cholesky(R))
         if prep.observed is not None:
             gC = gC * prep.observed[..., None]
         grads["C"] = _sum_to(gC, prep.C.shape)
     if "R" in need:
-        # D_t = R~^-1 (R~ - Cov(e_t | x)) R~^-1 = S_t^-1 + K_t^T A_{t+1}^T N_{t+1} A_{t+1} K_t
-        T = prep.steps
-        eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
-        S_inv = torch.cholesky_solve(eye.expand_as(gains.chols), gains.chols)
-        AK = full_time(prep.A, T)[:, 1:] @ gains.K[:, :-1]
-        D = S_inv + torch.cat([AK.transpose(-1, -2) @ N[:, 1:] @ AK, torch.zeros_like(S_inv[:, :1])], dim=1)
+        # D_t = R~^-1 (R~ - Cov(e_t | x)) R~^-1
         target = R.shape[:2]
-        gR = 0.5 * (_outer(u, u, w, target) - _reduce(sym(D), w.vec, target))
+        gR = 0.5 * (_outer(u, u, w, target) - _reduce(terms.D, w.vec, target))
         if prep.observed is not None:
             o = prep.observed.to(gR.dtype)
             gR = gR * (o[..., :, None] * o[..., None, :])
@@ -199,7 +234,7 @@ def _emission_gradients(
 
 
 def _transition_gradients(
-    prep: Prepared, gains: Gains, shared: bool, s: Tensor, N: Tensor, rho: Tensor, w: _Weights, need: set[str]
+    prep: Prepared, terms: CovarianceTerms, shared: bool, s: Tensor, rho: Tensor, w: _Weights, need: set[str]
 ) -> dict[str, Tensor]:
     """Gradients through the steps t = 1..T-1 (index 0 of a time-varying A, Q, B or u gets 0)."""
 
@@ -210,13 +245,12 @@ def _transition_gradients(
     grads = {}
     if "A" in need:
         # Q_t^-1 Cov(f_t, z_{t-1} | x) = -N_t L_{t-1} P_{t-1}
-        LP = _error_transitions(prep, gains) @ gains.pred_covs[:, :-1]
         target = into(prep.A).shape[:2]
-        gA = _outer(r, s[:, :-1], w, target) - _reduce(N[:, 1:] @ LP, w.vec, target)
+        gA = _outer(r, s[:, :-1], w, target) - _reduce(terms.G, w.vec, target)
         grads["A"] = _pad_time(gA, prep.A.shape[1])
     if "Q" in need:
         target = into(prep.Q).shape[:2]
-        gQ = 0.5 * (_outer(r, r, w, target) - _reduce(N[:, 1:], w.vec, target))
+        gQ = 0.5 * (_outer(r, r, w, target) - _reduce(terms.N[:, 1:], w.vec, target))
         grads["Q"] = _pad_time(gQ, prep.Q.shape[1])
     if need & {"B", "u"}:
         gb = w.cols * r  # d/d(B_t u_t)

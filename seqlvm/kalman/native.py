@@ -14,8 +14,9 @@ package is installed) runs the same loops with no dispatch:
 - :func:`rts_covariances`, in float64 like :func:`riccati`, and :func:`smoothed_means`: the
   Rauch-Tung-Striebel smoother's backward pass over the filter's output, for
   ``method="sequential"`` in :func:`seqlvm.kalman.smoother.smooth_filtered`.
-- :func:`adjoints`: the disturbance smoother's backward pass, for the gradient of
-  :func:`seqlvm.kalman.log_likelihood` with ``method="sequential"``.
+- :func:`adjoints`: the disturbance smoother's backward pass, and :func:`fisher_terms` (float64),
+  the data-independent terms, for the gradient of :func:`seqlvm.kalman.log_likelihood` with
+  ``method="sequential"``.
 
 These loops only compute values, so they stand in where no gradient is taken through them (inference,
 and the forward pass of :func:`seqlvm.kalman.log_likelihood`, whose gradient comes from Fisher's
@@ -209,3 +210,23 @@ def smoothed_means(E: Tensor, means: Tensor, pred_means: Tensor) -> Tensor:
     out = torch.empty(B, T, n, k, dtype=means.dtype)
     _native.smoothed_means(int(means.dtype == torch.float64), *_batched(*ops), out.data_ptr(), B, T, n, k)
     return out
+
+
+def fisher_terms(
+    A: Tensor, C: Tensor, K: Tensor, L: Tensor, P: Tensor, V: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """The data-independent terms of :func:`seqlvm.kalman.log_likelihood`'s gradient (see
+    :func:`seqlvm.kalman.likelihood.covariance_terms`), compiled, in float64: A (b, T', n, n),
+    C (b, T', m, n) in the internal layout, gains K (b, T, n, m), innovation factors L
+    (b, T, m, m), predicted and smoothed covariances P, V (b, T, n, n) -> N (B, T, n, n),
+    D (B, T, m, m), G (B, T-1, n, n), CV (B, T, m, n), all float64; None when a predicted
+    covariance is not positive definite."""
+    B, T, n, m = max(t.shape[0] for t in (A, C, K, L, P, V)), K.shape[1], A.shape[-1], C.shape[-2]
+    f64 = torch.float64
+    timed = [_operand(A, B, "A", f64), _operand(C, B, "C", f64)]  # both lists held until the call returns
+    ops = [_operand(v, B, name, f64) for name, v in (("K", K), ("L", L), ("P", P), ("V", V))]
+    N, D = torch.empty(B, T, n, n, dtype=f64), torch.empty(B, T, m, m, dtype=f64)
+    G, CV = torch.empty(B, T - 1, n, n, dtype=f64), torch.empty(B, T, m, n, dtype=f64)
+    ok = _native.fisher_terms(*_with_time(*timed), *_batched(*ops), N.data_ptr(), D.data_ptr(), G.data_ptr(),
+                              CV.data_ptr(), B, T, n, m)
+    return (N, D, G, CV) if ok else None

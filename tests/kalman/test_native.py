@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother, native
+from seqlvm.kalman import LGSSMParams, kalman_filter, kalman_smoother, log_likelihood, native
+from seqlvm.kalman.filter import run_filter
+from seqlvm.kalman.likelihood import covariance_terms
+from seqlvm.kalman.params import prepare
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the compiled loops are not built")
 
@@ -193,13 +196,47 @@ def test_rts_pass_holds_a_steady_state_within_rounding() -> None:
     torch.testing.assert_close(X, cross, rtol=1e-13, atol=1e-13)
 
 
-def test_a_declined_rts_pass_falls_back_to_the_pytorch_smoother(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the compiled smoother pass declines (a predicted covariance off the cone after
-    rounding to float32), the PyTorch smoother, with its jittered factorisation, serves."""
+@pytest.mark.parametrize("mask", [False, True])
+def test_fisher_terms_match_the_batched_products(mask: bool) -> None:
+    """The compiled gradient terms against likelihood.covariance_terms' batched PyTorch products,
+    on a sequence long enough to reach the steady state, where the loop copies repeated steps
+    instead of computing them (and, with a mask, per sequence)."""
+    params = _model(torch.float64)
+    x = torch.randn(2, 600, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    observed = None
+    if mask:
+        observed = torch.rand(2, 600, generator=torch.Generator().manual_seed(9)) > 0.1
+    prep = prepare(params, x, observed)
+    _, gains, _ = run_filter(prep, "sequential")
+    V = native.rts_covariances(prep.A, gains.covs, gains.pred_covs, margin=4)[1]
+    compiled = covariance_terms(prep, gains, V, "sequential", {"A", "C", "Q", "R"})
+    assert mask or gains.steady_from is not None
+    if not mask:
+        assert torch.equal(compiled.N[:, 300], compiled.N[:, 500])  # copied, not recomputed
+    with native.disabled():
+        batched = covariance_terms(prep, gains, V, "sequential", {"A", "C", "Q", "R"})
+    for a, b in zip(compiled, batched):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def _smoothed(params: LGSSMParams, x: torch.Tensor) -> list[torch.Tensor]:
+    s = kalman_smoother(params, x)
+    return [s.means, s.covs, s.cross_covs]
+
+
+def _gradients(params: LGSSMParams, x: torch.Tensor) -> list[torch.Tensor]:
+    leaves = [p.clone().requires_grad_(True) for p in (params.A, params.C, params.Q, params.R)]
+    ll = log_likelihood(params._replace(A=leaves[0], C=leaves[1], Q=leaves[2], R=leaves[3]), x)
+    return list(torch.autograd.grad(ll.sum(), leaves))
+
+
+@pytest.mark.parametrize("loop, outputs", [("rts_covariances", _smoothed), ("fisher_terms", _gradients)])
+def test_a_declined_covariance_loop_falls_back_to_pytorch(loop, outputs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a compiled covariance loop declines (a predicted covariance off the cone after
+    rounding to float32), the PyTorch code serves, with the same results."""
     params = _model(torch.float64)
     x = torch.randn(2, 20, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    compiled = kalman_smoother(params, x)
-    monkeypatch.setattr(native, "rts_covariances", lambda *args: None)
-    fallback = kalman_smoother(params, x)
-    for a, b in [(fallback.means, compiled.means), (fallback.covs, compiled.covs), (fallback.cross_covs, compiled.cross_covs)]:
+    compiled = outputs(params, x)
+    monkeypatch.setattr(native, loop, lambda *args: None)
+    for a, b in zip(outputs(params, x), compiled):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
