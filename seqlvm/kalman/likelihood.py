@@ -25,8 +25,10 @@ random-walk data loses up to six digits in float64; these agree with autograd th
 to about 1e-11 there. K_t, S_t: the filter's gain and innovation covariance.
 
 The backward pass is two backward recursions (the adjoints, and the smoothed covariances, which
-do not depend on the data) and a few batched sums, instead of backpropagation through every step
-of the filter. Covariance gradients are the symmetric ones (the derivative along symmetric
+do not depend on the data), the data-independent terms N, D, ... (:class:`CovarianceTerms`) and a
+few batched sums, instead of backpropagation through every step of the filter. With
+``method="sequential"`` on the CPU the recursions and the terms run compiled
+(:mod:`seqlvm.kalman.native`). Covariance gradients are the symmetric ones (the derivative along symmetric
 perturbations), as autograd gives through the filter's Cholesky factorisations.
 """
 
