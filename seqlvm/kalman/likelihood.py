@@ -28,8 +28,8 @@ The backward pass is two backward recursions (the adjoints, and the smoothed cov
 do not depend on the data), the data-independent terms N, D, ... (:class:`CovarianceTerms`) and a
 few batched sums, instead of backpropagation through every step of the filter. With
 ``method="sequential"`` on the CPU the recursions and the terms run compiled
-(:mod:`seqlvm.kalman.native`). Covariance gradients are the symmetric ones (the derivative along symmetric
-perturbations), as autograd gives through the filter's Cholesky factorisations.
+(:mod:`seqlvm.kalman.native`). Covariance gradients are the symmetric ones (the derivative along
+symmetric perturbations), as autograd gives through the filter's Cholesky factorisations.
 """
 
 from __future__ import annotations

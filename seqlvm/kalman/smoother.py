@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from seqlvm.kalman import native
 from seqlvm.kalman.filter import FilterResult, MeanPass, check_method, run_filter
 from seqlvm.kalman.linalg import (
     columns,
@@ -29,7 +30,6 @@ from seqlvm.kalman.linalg import (
     uncolumns,
 )
 from seqlvm.kalman.params import LGSSMParams, Prepared, prepare
-from seqlvm.kalman import native
 from seqlvm.kalman.scan import STEADY_MARGIN, linear_recurrence, steady_linear_recurrence, steady_powers
 
 
@@ -139,9 +139,10 @@ def smooth_filtered(
     Cov(z_{t+1}, z_t | x) (b, T-1, n, n), with b = 1 when the batch shares them. The covariances
     never depend on the data.
 
-    ``method="sequential"`` runs the compiled pass (:func:`seqlvm.kalman.native.rts_covariances`
-    and :func:`~seqlvm.kalman.native.smoothed_means`) where it can stand in, this module's
-    recursion in the textbook form ``m_{t|T} = m_{t|t} + E_t (m_{t+1|T} - m_{t+1|t})``.
+    Where it can stand in, ``method="sequential"`` runs the recursion compiled
+    (:func:`seqlvm.kalman.native.rts_covariances` and
+    :func:`~seqlvm.kalman.native.smoothed_means`), with the means in the textbook form
+    ``m_{t|T} = m_{t|t} + E_t (m_{t+1|T} - m_{t+1|t})``.
     """
     if method == "sequential":
         compiled = _smooth_compiled(prep, filt, mp)
