@@ -242,6 +242,12 @@ static void cholesky_solve(const double *L, double *Y, long m, long c) {
         }
 }
 
+/* out (c x r) = a^T for the r x c matrix a. */
+static void transpose(const double *a, double *out, long r, long c) {
+    for (long i = 0; i < r; i++)
+        for (long j = 0; j < c; j++) out[j * r + i] = a[i * c + j];
+}
+
 static void symmetrise(double *P, long n) {
     for (long i = 0; i < n; i++)
         for (long j = 0; j < i; j++) {
@@ -287,8 +293,7 @@ static int riccati(const double *A, long bA, long tA, const double *Q, long bQ, 
             if (!cholesky(Lt, m)) return 0;
             memcpy(Kt, CP, nm * sizeof(double)); /* K^T = S^-1 C P */
             cholesky_solve(Lt, Kt, m, n);
-            for (long i = 0; i < n; i++) /* K = (K^T)^T */
-                for (long j = 0; j < m; j++) Kb[i * m + j] = Kt[j * n + i];
+            transpose(Kt, Kb, m, n); /* K = (K^T)^T */
             matmul_d(Kb, Ct, IKC, n, m, n); /* I - K C */
             for (long i = 0; i < n; i++)
                 for (long j = 0; j < n; j++) IKC[i * n + j] = (i == j) - IKC[i * n + j];
@@ -358,8 +363,7 @@ static int rts_covariances(const double *A, long bA, long tA, const double *Pf, 
                 if (!cholesky(M, n)) return 0;
                 memcpy(Y, AP, nn * sizeof(double)); /* E_t^T = P_{t+1|t}^-1 A P_{t|t} */
                 cholesky_solve(M, Y, n, n);
-                for (long i = 0; i < n; i++)
-                    for (long j = 0; j < n; j++) Et[i * n + j] = Y[j * n + i];
+                transpose(Y, Et, n, n);
                 matmul_d(Et, AP, Lt, n, n, n);
                 for (long j = 0; j < nn; j++) Lt[j] = Ft[j] - Lt[j];
                 symmetrise(Lt, n);
@@ -384,12 +388,6 @@ static int rts_covariances(const double *A, long bA, long tA, const double *Pf, 
         }
     }
     return 1;
-}
-
-/* out (c x r) = a^T for the r x c matrix a. */
-static void transpose(const double *a, double *out, long r, long c) {
-    for (long i = 0; i < r; i++)
-        for (long j = 0; j < c; j++) out[j * r + i] = a[i * c + j];
 }
 
 /*
