@@ -487,124 +487,111 @@ static int take_longs(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, 
             NAME##_f(__VA_ARGS__);          \
     } while (0)
 
-/* linear_recurrence(double, F, sF, g, sg, h0, sh, out, B, N, n, k, reverse, congruence) */
-static PyObject *py_linear_recurrence(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[14];
-    if (!take_longs(args, nargs, 14, a, "linear_recurrence")) return NULL;
-    const long n = (long)a[10];
-    void *scratch = malloc((size_t)(n * n) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
+/*
+ * Each Python entry parses its integers, allocates the loop's scratch memory, runs the loop
+ * without the GIL and returns whether it finished (False: a matrix that is not positive
+ * definite). NAME_scratch gives the scratch size in bytes from the arguments; NAME_call
+ * unpacks them into the loop's parameters.
+ */
+#define MAX_ARGS 32
+
+static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *fn,
+                          size_t (*scratch_bytes)(const long long *), int (*call)(const long long *, void *)) {
+    long long a[MAX_ARGS];
+    if (!take_longs(args, nargs, want, a, fn)) return NULL;
+    void *scratch = malloc(scratch_bytes(a) + 1);
     if (!scratch) return PyErr_NoMemory();
+    int ok;
     Py_BEGIN_ALLOW_THREADS
-    BY_DTYPE(a[0], linrec, PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6],
-             PTR(a[7]), (long)a[8], (long)a[9], n, (long)a[11], (int)a[12], (int)a[13],
-             scratch);
+    ok = call(a, scratch);
     Py_END_ALLOW_THREADS
     free(scratch);
-    Py_RETURN_NONE;
+    return PyBool_FromLong(ok);
 }
+
+#define ENTRY(NAME, NARGS)                                                                  \
+    static PyObject *py_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {  \
+        _Static_assert(NARGS <= MAX_ARGS, #NAME " takes more than MAX_ARGS arguments");   \
+        return run_loop(args, nargs, NARGS, #NAME, NAME##_scratch, NAME##_call);           \
+    }
+
+/* The element size of a loop that runs in either dtype (its first argument: float64 or not). */
+#define ELEM(a) ((a)[0] ? sizeof(double) : sizeof(float))
+
+/* linear_recurrence(double, F, sF, g, sg, h0, sh, out, B, N, n, k, reverse, congruence) */
+static size_t linear_recurrence_scratch(const long long *a) { return (size_t)(a[10] * a[10]) * ELEM(a); }
+static int linear_recurrence_call(const long long *a, void *s) {
+    BY_DTYPE(a[0], linrec, PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]), (long)a[6],
+             PTR(a[7]), (long)a[8], (long)a[9], (long)a[10], (long)a[11], (int)a[12], (int)a[13], s);
+    return 1;
+}
+ENTRY(linear_recurrence, 14)
 
 /* filter_means(double, A, bA, tA, C, bC, tC, K, bK, L, bL, X, bX, U, bU, m0, b0, means, pred, W,
  *              B, T, n, m, k); U = 0 for no controls */
-static PyObject *py_filter_means(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[25];
-    if (!take_longs(args, nargs, 25, a, "filter_means")) return NULL;
-    const long m = (long)a[23], k = (long)a[24];
-    void *v = malloc((size_t)(m * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
-    if (!v) return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
+static size_t filter_means_scratch(const long long *a) { return (size_t)(a[23] * a[24]) * ELEM(a); }
+static int filter_means_call(const long long *a, void *s) {
     BY_DTYPE(a[0], filter_means, PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5],
              (long)a[6], PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
              PTR(a[13]), (long)a[14], PTR(a[15]), (long)a[16], PTR(a[17]), PTR(a[18]),
-             PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], m, k, v);
-    Py_END_ALLOW_THREADS
-    free(v);
-    Py_RETURN_NONE;
+             PTR(a[19]), (long)a[20], (long)a[21], (long)a[22], (long)a[23], (long)a[24], s);
+    return 1;
 }
+ENTRY(filter_means, 25)
 
 /* adjoints(double, A, bA, tA, C, bC, tC, K, bK, L, bL, W, bW, rho, u, B, T, n, m, k) */
-static PyObject *py_adjoints(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[20];
-    if (!take_longs(args, nargs, 20, a, "adjoints")) return NULL;
-    const long n = (long)a[17], k = (long)a[19];
-    void *scratch = malloc((size_t)(n * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
-    if (!scratch) return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
+static size_t adjoints_scratch(const long long *a) { return (size_t)(a[17] * a[19]) * ELEM(a); }
+static int adjoints_call(const long long *a, void *s) {
     BY_DTYPE(a[0], adjoints, PTR(a[1]), (long)a[2], (long)a[3], PTR(a[4]), (long)a[5],
              (long)a[6], PTR(a[7]), (long)a[8], PTR(a[9]), (long)a[10], PTR(a[11]), (long)a[12],
-             PTR(a[13]), PTR(a[14]), (long)a[15], (long)a[16], n, (long)a[18], k, scratch);
-    Py_END_ALLOW_THREADS
-    free(scratch);
-    Py_RETURN_NONE;
+             PTR(a[13]), PTR(a[14]), (long)a[15], (long)a[16], (long)a[17], (long)a[18],
+             (long)a[19], s);
+    return 1;
 }
+ENTRY(adjoints, 20)
 
 /* riccati(A, bA, tA, Q, bQ, tQ, C, bC, tC, R, bR, tR, P0, bP, pred, filt, K, L, B, T, n, m,
- *         continued) -> bool */
-static PyObject *py_riccati(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[23];
-    if (!take_longs(args, nargs, 23, a, "riccati")) return NULL;
-    const long n = (long)a[20], m = (long)a[21];
-    double *work = malloc((size_t)(4 * n * n + 3 * n * m + 1) * sizeof(double));
-    if (!work) return PyErr_NoMemory();
-    int ok;
-    Py_BEGIN_ALLOW_THREADS
-    ok = riccati(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5], PTR(a[6]),
-                 (long)a[7], (long)a[8], PTR(a[9]), (long)a[10], (long)a[11], PTR(a[12]),
-                 (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]), (long)a[18],
-                 (long)a[19], n, m, (int)a[22], work);
-    Py_END_ALLOW_THREADS
-    free(work);
-    return PyBool_FromLong(ok);
+ *         continued) */
+static size_t riccati_scratch(const long long *a) {
+    return (size_t)(4 * a[20] * a[20] + 3 * a[20] * a[21]) * sizeof(double);
 }
+static int riccati_call(const long long *a, void *s) {
+    return riccati(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5], PTR(a[6]),
+                   (long)a[7], (long)a[8], PTR(a[9]), (long)a[10], (long)a[11], PTR(a[12]),
+                   (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]), (long)a[18],
+                   (long)a[19], (long)a[20], (long)a[21], (int)a[22], s);
+}
+ENTRY(riccati, 23)
 
 /* smoothed_means(double, E, bE, Mf, bF, Mp, bP, out, B, T, n, k) */
-static PyObject *py_smoothed_means(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[12];
-    if (!take_longs(args, nargs, 12, a, "smoothed_means")) return NULL;
-    const long n = (long)a[10], k = (long)a[11];
-    void *scratch = malloc((size_t)(n * k) * (a[0] ? sizeof(double) : sizeof(float)) + 1);
-    if (!scratch) return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
+static size_t smoothed_means_scratch(const long long *a) { return (size_t)(a[10] * a[11]) * ELEM(a); }
+static int smoothed_means_call(const long long *a, void *s) {
     BY_DTYPE(a[0], smoothed_means, PTR(a[1]), (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]),
-             (long)a[6], PTR(a[7]), (long)a[8], (long)a[9], n, k, scratch);
-    Py_END_ALLOW_THREADS
-    free(scratch);
-    Py_RETURN_NONE;
+             (long)a[6], PTR(a[7]), (long)a[8], (long)a[9], (long)a[10], (long)a[11], s);
+    return 1;
 }
+ENTRY(smoothed_means, 12)
 
-/* rts_covariances(A, bA, tA, Pf, bF, Pp, bP, E, Ps, X, B, T, n, margin) -> bool */
-static PyObject *py_rts_covariances(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[14];
-    if (!take_longs(args, nargs, 14, a, "rts_covariances")) return NULL;
-    const long n = (long)a[12];
-    double *work = malloc((size_t)(4 * n * n + 1) * sizeof(double));
-    if (!work) return PyErr_NoMemory();
-    int ok;
-    Py_BEGIN_ALLOW_THREADS
-    ok = rts_covariances(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]),
-                         (long)a[6], PTR(a[7]), PTR(a[8]), PTR(a[9]), (long)a[10], (long)a[11], n,
-                         (long)a[13], work);
-    Py_END_ALLOW_THREADS
-    free(work);
-    return PyBool_FromLong(ok);
+/* rts_covariances(A, bA, tA, Pf, bF, Pp, bP, E, Ps, X, B, T, n, margin) */
+static size_t rts_covariances_scratch(const long long *a) { return (size_t)(4 * a[12] * a[12]) * sizeof(double); }
+static int rts_covariances_call(const long long *a, void *s) {
+    return rts_covariances(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], PTR(a[5]),
+                           (long)a[6], PTR(a[7]), PTR(a[8]), PTR(a[9]), (long)a[10], (long)a[11],
+                           (long)a[12], (long)a[13], s);
 }
+ENTRY(rts_covariances, 14)
 
-/* fisher_terms(A, bA, tA, C, bC, tC, K, bK, L, bL, P, bP, V, bV, N, D, G, CV, B, T, n, m) -> bool */
-static PyObject *py_fisher_terms(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[22];
-    if (!take_longs(args, nargs, 22, a, "fisher_terms")) return NULL;
-    const long n = (long)a[20], m = (long)a[21];
-    double *work = malloc((size_t)(4 * n * n + 2 * n * m + 1) * sizeof(double));
-    if (!work) return PyErr_NoMemory();
-    int ok;
-    Py_BEGIN_ALLOW_THREADS
-    ok = fisher_terms(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5],
-                      PTR(a[6]), (long)a[7], PTR(a[8]), (long)a[9], PTR(a[10]), (long)a[11],
-                      PTR(a[12]), (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]),
-                      (long)a[18], (long)a[19], n, m, work);
-    Py_END_ALLOW_THREADS
-    free(work);
-    return PyBool_FromLong(ok);
+/* fisher_terms(A, bA, tA, C, bC, tC, K, bK, L, bL, P, bP, V, bV, N, D, G, CV, B, T, n, m) */
+static size_t fisher_terms_scratch(const long long *a) {
+    return (size_t)(4 * a[20] * a[20] + 2 * a[20] * a[21]) * sizeof(double);
 }
+static int fisher_terms_call(const long long *a, void *s) {
+    return fisher_terms(PTR(a[0]), (long)a[1], (long)a[2], PTR(a[3]), (long)a[4], (long)a[5],
+                        PTR(a[6]), (long)a[7], PTR(a[8]), (long)a[9], PTR(a[10]), (long)a[11],
+                        PTR(a[12]), (long)a[13], PTR(a[14]), PTR(a[15]), PTR(a[16]), PTR(a[17]),
+                        (long)a[18], (long)a[19], (long)a[20], (long)a[21], s);
+}
+ENTRY(fisher_terms, 22)
 
 static PyMethodDef methods[] = {
     {"linear_recurrence", (PyCFunction)(void (*)(void))py_linear_recurrence, METH_FASTCALL,
