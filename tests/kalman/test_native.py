@@ -210,13 +210,18 @@ def test_fisher_terms_match_the_batched_products(mask: bool) -> None:
     _, gains, _ = run_filter(prep, "sequential")
     V = native.rts_covariances(prep.A, gains.covs, gains.pred_covs, margin=4)[1]
     compiled = covariance_terms(prep, gains, V, "sequential", {"A", "C", "Q", "R"})
+    # the loop itself, so that a silent fallback to the products could not pass for it
+    C, _ = prep.emission()
+    direct = native.fisher_terms(prep.A, C, gains.K, gains.chols, gains.pred_covs, V)
+    assert direct is not None
     assert mask or gains.steady_from is not None
     if not mask:
-        assert torch.equal(compiled.N[:, 300], compiled.N[:, 500])  # copied, not recomputed
+        assert torch.equal(direct[0][:, 300], direct[0][:, 500])  # copied, not recomputed
     with native.disabled():
         batched = covariance_terms(prep, gains, V, "sequential", {"A", "C", "Q", "R"})
-    for a, b in zip(compiled, batched):
+    for a, d, b in zip(compiled, direct, batched):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+        torch.testing.assert_close(d, b, rtol=1e-11, atol=1e-11)
 
 
 def _smoothed(params: LGSSMParams, x: torch.Tensor) -> list[torch.Tensor]:
@@ -237,6 +242,9 @@ def test_a_declined_covariance_loop_falls_back_to_pytorch(loop, outputs, monkeyp
     params = _model(torch.float64)
     x = torch.randn(2, 20, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     compiled = outputs(params, x)
-    monkeypatch.setattr(native, loop, lambda *args: None)
-    for a, b in zip(outputs(params, x), compiled):
+    declined = []
+    monkeypatch.setattr(native, loop, lambda *args: declined.append(loop))
+    fallback = outputs(params, x)
+    assert declined  # the patched loop was asked, so the PyTorch code gave `fallback`
+    for a, b in zip(fallback, compiled):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
